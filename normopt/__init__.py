@@ -1,0 +1,60 @@
+"""normopt: normalized optimizers for large-batch training, on JAX and Optax."""
+
+from normopt._src.alias import (
+                                AdaptiveNigtState,
+                                adaptive_nigt,
+                                block_sngm,
+                                clars,
+                                lars,
+                                nigt,
+                                normalized_sgdm,
+                                nshb,
+                                qhm,
+                                snag,
+                                sngd,
+                                sngm,
+)
+from normopt._src.extrapolate import (
+                                IgtExtrapolateState,
+                                igt_extrapolate,
+                                igt_true_params,
+)
+from normopt._src.momentum import HeavyBallState, QhCombineState, heavy_ball, qh_combine
+from normopt._src.normalize import (
+                                NormalizeGlobalState,
+                                NormalizePerBlockState,
+                                normalize_global,
+                                normalize_per_block,
+)
+from normopt._src.trust import TrustRatioState, exclude_bias_and_norm, trust_ratio
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "AdaptiveNigtState",
+    "HeavyBallState",
+    "IgtExtrapolateState",
+    "NormalizeGlobalState",
+    "NormalizePerBlockState",
+    "QhCombineState",
+    "TrustRatioState",
+    "adaptive_nigt",
+    "block_sngm",
+    "clars",
+    "exclude_bias_and_norm",
+    "heavy_ball",
+    "igt_extrapolate",
+    "igt_true_params",
+    "lars",
+    "nigt",
+    "normalize_global",
+    "normalize_per_block",
+    "normalized_sgdm",
+    "nshb",
+    "qh_combine",
+    "qhm",
+    "sngd",
+    "sngm",
+    "snag",
+    "trust_ratio",
+)

@@ -1,0 +1,472 @@
+"""The papers' methods, each a short ``optax.chain`` of normopt primitives."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from normopt._src import numerics
+from normopt._src.blocks import BlockSpec
+from normopt._src.extrapolate import igt_extrapolate
+from normopt._src.hyperparams import (
+  ScalarOrSchedule,
+  check_non_negative,
+  evaluate,
+)
+from normopt._src.momentum import heavy_ball, qh_combine
+from normopt._src.normalize import normalize_global, normalize_per_block
+from normopt._src.trust import Mask, exclude_bias_and_norm, trust_ratio
+
+
+def _check_lr(learning_rate):
+  check_non_negative("learning_rate", learning_rate)
+
+
+def sngm(learning_rate: ScalarOrSchedule, beta: ScalarOrSchedule = 0.9,
+         weight_decay: float = 0.0, eps: float = 0.0
+         ) -> optax.GradientTransformation:
+  r"""Stochastic normalized gradient descent with momentum (SNGM).
+
+  .. math::
+    u_{t+1} = \beta u_t + g_t/\|g_t\|, \qquad w_{t+1} = w_t - \eta u_{t+1},
+
+  with :math:`g_t` the mini-batch gradient plus ``weight_decay * w`` and the
+  norm taken over all params (global). ``‖u‖ ≤ 1/(1-β)`` (Lemma 2). For a
+  budget of C gradient computations the paper takes ``B = √C`` and
+  ``η = √(B/C)`` (Corollary 1).
+
+  Args:
+    learning_rate: η, a constant or an optax schedule.
+    beta: momentum β in [0, 1) (paper default 0.9), or a schedule.
+    weight_decay: L2 coefficient added to the gradient before normalizing.
+    eps: added to the norm (see :func:`normalize_global`).
+
+  Returns:
+    An ``optax.GradientTransformation``.
+
+  Example:
+    >>> import jax.numpy as jnp, optax, normopt
+    >>> tx = normopt.sngm(0.1)
+    >>> w = jnp.array([3., 4.])
+    >>> u, _ = tx.update(w, tx.init(w), w)
+    >>> optax.apply_updates(w, u)
+    Array([2.94, 3.92], dtype=float32)
+
+  References:
+    Zhao, Xie, Li, *On the Convergence and Improvement of Stochastic
+    Normalized Gradient Descent*, Sci. China Inf. Sci. 2021 (arXiv
+    2020), Alg. 1.
+  """
+  _check_lr(learning_rate)
+  return optax.chain(
+      optax.add_decayed_weights(weight_decay),
+      normalize_global(eps),
+      heavy_ball(beta),
+      optax.scale_by_learning_rate(learning_rate),
+  )
+
+
+def sngd(learning_rate: ScalarOrSchedule, weight_decay: float = 0.0,
+         eps: float = 0.0) -> optax.GradientTransformation:
+  """Stochastic normalized gradient descent: :func:`sngm` with ``β = 0``.
+
+  Example:
+    >>> import normopt
+    >>> tx = normopt.sngd(0.1)
+
+  References:
+    SNGM paper (Zhao et al.), Sec. 4: SNGM with β = 0.
+  """
+  return sngm(learning_rate, 0.0, weight_decay, eps)
+
+
+def block_sngm(learning_rate: ScalarOrSchedule, beta: ScalarOrSchedule = 0.9,
+               weight_decay: float = 0.0, eps: float = 0.0,
+               blocks: BlockSpec = None) -> optax.GradientTransformation:
+  r"""Block-wise SNGM: each block normalized by its own norm.
+
+  .. math::
+    u^{(s)}_{t+1} = \beta u^{(s)}_t + g^{(s)}_t/\|g^{(s)}_t\|, \qquad
+    w^{(s)}_{t+1} = w^{(s)}_t - \eta u^{(s)}_{t+1} .
+
+  Args:
+    learning_rate: η, a constant or an optax schedule.
+    beta: momentum β in [0, 1), or a schedule.
+    weight_decay: L2 coefficient added to the gradient before normalizing.
+    eps: added to each block norm.
+    blocks: ``None`` (one block per leaf) or labels (see
+      :func:`normalize_per_block`).
+
+  Returns:
+    An ``optax.GradientTransformation``.
+
+  Example:
+    >>> import normopt
+    >>> tx = normopt.block_sngm(0.1, beta=0.9)
+
+  References:
+    SNGM paper (Zhao et al.), eq. (13)-(14) and Theorem 3.
+  """
+  _check_lr(learning_rate)
+  return optax.chain(
+      optax.add_decayed_weights(weight_decay),
+      normalize_per_block(eps, blocks),
+      heavy_ball(beta),
+      optax.scale_by_learning_rate(learning_rate),
+  )
+
+
+def lars(learning_rate: ScalarOrSchedule, momentum: ScalarOrSchedule = 0.9,
+         weight_decay: float = 0.0, trust_coefficient: float = 0.001,
+         eps: float = 0.0, nesterov: bool = False, *,
+         mask: Mask = exclude_bias_and_norm,
+         ) -> optax.GradientTransformationExtraArgs:
+  r"""Layer-wise adaptive rate scaling (LARS).
+
+  .. math::
+    \gamma_k = \eta\, k \frac{\|w_k\|}{\|g_k\| + \lambda \|w_k\|}, \qquad
+    v \leftarrow \mu v + \gamma_k (g_k + \lambda w_k), \qquad w \leftarrow w - v .
+
+  Equal to ``optax.lars`` with the same arguments wherever both norms are
+  non-zero and the mask selects every leaf, up to where weight decay enters
+  the denominator (optax: ``‖g + λw‖``; here the original ``‖g‖ + λ‖w‖``).
+  Differences by design: a zero-norm parameter block is scaled as if
+  ``‖w‖ = 1`` rather than by ratio 1; biases and normalization params are
+  excluded by default (:func:`exclude_bias_and_norm`) and take plain
+  momentum SGD steps, without weight decay.
+
+  Args:
+    learning_rate: η (``γ_scale`` in the CLARS paper), constant or schedule.
+    momentum: μ in [0, 1), or a schedule.
+    weight_decay: λ.
+    trust_coefficient: k (η = 0.001 in the papers).
+    eps: added to the trust-ratio denominator.
+    nesterov: use Nesterov momentum.
+    mask: which leaves get the trust ratio and weight decay.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` (it needs ``params``).
+
+  Example:
+    >>> import normopt
+    >>> tx = normopt.lars(1.0, momentum=0.9, weight_decay=1e-4)
+
+  References:
+    You, Gitman, Ginsburg, *Large Batch Training of Convolutional Networks*,
+    2017; CLARS paper (Huo et al.), eq. (3).
+  """
+  _check_lr(learning_rate)
+  return optax.chain(
+      trust_ratio("lars", trust_coefficient, eps, weight_decay, mask=mask),
+      optax.scale_by_learning_rate(learning_rate),
+      heavy_ball(momentum, nesterov),
+  )
+
+
+def clars(learning_rate: ScalarOrSchedule, momentum: ScalarOrSchedule = 0.9,
+          weight_decay: float = 0.0, trust_coefficient: float = 0.01,
+          eps: float = 0.0, *, mask: Mask = exclude_bias_and_norm,
+          axis_name: str | None = None,
+          ) -> optax.GradientTransformationExtraArgs:
+  r"""Complete layer-wise adaptive rate scaling (CLARS), no warmup needed.
+
+  LARS with the norm of the mean gradient replaced by the mean of the
+  per-example gradient norms of each layer, and Nesterov momentum (eq. 4):
+
+  .. math::
+    \gamma_k = \eta\, k \frac{\|w_k\|}{\frac1B \sum_i \|\nabla_k f_i(w)\|} .
+
+  ``update`` needs the extra argument ``per_example_norms`` (one scalar per
+  block, shaped like the params); ``axis_name`` averages them over data-
+  parallel replicas.
+
+  Args:
+    learning_rate: η (``γ_scale``), a constant or an optax schedule.
+    momentum: β in [0, 1), or a schedule.
+    weight_decay: λ, added to the update and the denominator.
+    trust_coefficient: k (η = 0.01 in CLARS Alg. 1).
+    eps: added to the denominator.
+    mask: which leaves get the trust ratio and weight decay.
+    axis_name: data-parallel axis for averaging the per-example norms.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``.
+
+  Example:
+    >>> import normopt
+    >>> tx = normopt.clars(1.0)
+
+  References:
+    Huo, Gu, Huang, *Large Batch Optimization for Deep Learning Using New
+    Complete Layer-wise Adaptive Rate Scaling*, AAAI 2021, Alg. 1, eq. (4)-(5).
+  """
+  _check_lr(learning_rate)
+  return optax.chain(
+      trust_ratio("clars", trust_coefficient, eps, weight_decay, mask=mask,
+                  axis_name=axis_name),
+      optax.scale_by_learning_rate(learning_rate),
+      heavy_ball(momentum, nesterov=True),
+  )
+
+
+def normalized_sgdm(learning_rate: ScalarOrSchedule,
+                    beta: ScalarOrSchedule = 0.9, weight_decay: float = 0.0,
+                    eps: float = 0.0) -> optax.GradientTransformation:
+  r"""Normalized SGD with momentum: normalize the EMA of the gradients.
+
+  .. math::
+    m_t = \beta m_{t-1} + (1-\beta) g_t,\ m_1 = g_1, \qquad
+    w_{t+1} = w_t - \eta\, m_t/\|m_t\| .
+
+  Args:
+    learning_rate: η, a constant or an optax schedule.
+    beta: β in [0, 1), or a schedule.
+    weight_decay: L2 coefficient added to the gradient.
+    eps: added to the norm.
+
+  Returns:
+    An ``optax.GradientTransformation``.
+
+  Example:
+    >>> import normopt
+    >>> tx = normopt.normalized_sgdm(0.01, beta=0.9)
+
+  References:
+    Cutkosky & Mehta, *Momentum Improves Normalized SGD*, ICML 2020,
+    eq. (2)-(3) and Theorem 1.
+  """
+  _check_lr(learning_rate)
+  return optax.chain(
+      optax.add_decayed_weights(weight_decay),
+      heavy_ball(beta, ema=True, init="first"),
+      normalize_global(eps),
+      optax.scale_by_learning_rate(learning_rate),
+  )
+
+
+def nigt(learning_rate: ScalarOrSchedule, beta: ScalarOrSchedule = 0.9,
+         weight_decay: float = 0.0, eps: float = 0.0
+         ) -> optax.GradientTransformation:
+  r"""Normalized SGD with implicit gradient transport (NIGT).
+
+  .. math::
+    x_t = w_t + \tfrac{\beta}{1-\beta}(w_t - w_{t-1}),\quad
+    m_t = \beta m_{t-1} + (1-\beta)\nabla f(x_t),\ m_1 = \nabla f(x_1),\quad
+    w_{t+1} = w_t - \eta\, m_t/\|m_t\| .
+
+  The params the user holds are :math:`x_t` (take gradients there, as the
+  paper does); :func:`igt_true_params` returns :math:`w_t` for evaluation
+  and saving.
+
+  Args:
+    learning_rate: η, a constant or an optax schedule.
+    beta: β in [0, 1), or a schedule.
+    weight_decay: L2 coefficient added to the gradient (taken at ``x_t``).
+    eps: added to the norm.
+
+  Returns:
+    An ``optax.GradientTransformation``.
+
+  Example:
+    >>> import normopt
+    >>> tx = normopt.nigt(0.01, beta=0.9)
+
+  References:
+    Cutkosky & Mehta, *Momentum Improves Normalized SGD*, ICML 2020, Alg. 1.
+  """
+  _check_lr(learning_rate)
+  return optax.chain(
+      optax.add_decayed_weights(weight_decay),
+      heavy_ball(beta, ema=True, init="first"),
+      normalize_global(eps),
+      optax.scale_by_learning_rate(learning_rate),
+      igt_extrapolate(beta),
+  )
+
+
+class AdaptiveNigtState(NamedTuple):
+  """State of :func:`adaptive_nigt`.
+
+  Attributes:
+    count: number of updates so far (``t - 1``).
+    previous_g: ``G_{t-1}``.
+    current_g: ``G_t``.
+    inner: the state of the chain of primitives.
+  """
+  count: jax.Array
+  previous_g: jax.Array
+  current_g: jax.Array
+  inner: Any
+
+
+def adaptive_nigt(learning_rate: ScalarOrSchedule = 1.0,
+                  gradient_bound: float = 1.0, weight_decay: float = 0.0,
+                  ) -> optax.GradientTransformationExtraArgs:
+  r"""Adaptive normalized SGD with momentum and IGT (NIGT Alg. 2).
+
+  Step size and momentum adapt to the observed gradient variance, estimated
+  from a *second, independent* gradient at the same point:
+
+  .. math::
+    \eta_t = \frac{C}{(G_t^2 (t+1)^3)^{1/7}},\quad
+    \alpha_t = \frac{1}{t\,\eta_{t-1}^2 G_{t-1}},\quad \beta_t = 1-\alpha_t,
+
+  :math:`G_{t+1} = G_t + \|\nabla f(x_t,\xi_t) - \nabla f(x_t,\xi'_t)\|^2 +
+  \mathfrak{g}^2((t+1)^{1/4} - t^{1/4})`, with :math:`C = \sqrt{7/(26
+  \mathfrak{g}^{6/7})}`, :math:`D = C^{-14/3}`, :math:`G_0 = D`,
+  :math:`G_1 = 3\mathfrak{g}^2 + D`, :math:`m_0 = 0`; then the NIGT steps
+  (EMA momentum with :math:`\beta_t`, global normalization, step
+  :math:`\eta_t`, extrapolation with :math:`\beta_{t+1}`).
+
+  The training step provides the second gradient as an extra argument:
+  split the batch into two independent halves, take ``g`` on one and ``g2``
+  on the other (both at the current params), then
+  ``tx.update(g, state, params, second_grads=g2)``.
+
+  Args:
+    learning_rate: a multiplier on the adaptive :math:`\eta_t` (1 is the
+      paper's algorithm), a constant or a schedule.
+    gradient_bound: :math:`\mathfrak{g}`, a bound on per-sample gradient norms.
+    weight_decay: L2 coefficient added to ``g`` (not to the variance
+      estimate, where it would cancel).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``; params are ``x_t`` as for
+    :func:`nigt` and :func:`igt_true_params` recovers ``w_t``.
+
+  Example:
+    >>> import normopt
+    >>> tx = normopt.adaptive_nigt(gradient_bound=10.0)
+
+  References:
+    Cutkosky & Mehta, *Momentum Improves Normalized SGD*, ICML 2020, Alg. 2
+    and Theorem 4.
+  """
+  _check_lr(learning_rate)
+  if not gradient_bound > 0:
+    raise ValueError(f"gradient_bound must be > 0, got {gradient_bound}")
+  check_non_negative("weight_decay", weight_decay)
+  c_const = (7.0 / (26.0 * gradient_bound ** (6.0 / 7.0))) ** 0.5
+  d_const = c_const ** (-14.0 / 3.0)
+
+  def eta(g, t):  # η_t from G_t at 1-based step t
+    return c_const / (g ** 2 * (t + 1.0) ** 3) ** (1.0 / 7.0)
+
+  def alpha(g_prev, t):  # α_t from G_{t-1} (η_{t-1} uses t - 1)
+    return 1.0 / (t * eta(g_prev, t - 1.0) ** 2 * g_prev)
+
+  def chain(beta_now, beta_next, step_size):
+    return optax.chain(
+        optax.add_decayed_weights(weight_decay),
+        heavy_ball(lambda _: beta_now, ema=True),
+        normalize_global(),
+        optax.scale(-step_size),
+        igt_extrapolate(lambda _: beta_next),
+    )
+
+  def init_fn(params):
+    dtype = numerics._common_dtype(jax.tree.leaves(params))
+    return AdaptiveNigtState(
+        count=jnp.zeros((), jnp.int32),
+        previous_g=jnp.asarray(d_const, dtype),
+        current_g=jnp.asarray(3 * gradient_bound ** 2 + d_const, dtype),
+        inner=chain(0.0, 0.0, 0.0).init(params))
+
+  def update_fn(updates, state, params=None, *, second_grads=None,
+                **extra_args):
+    del extra_args
+    if second_grads is None:
+      raise ValueError(
+          "adaptive_nigt needs a second, independent gradient at the same "
+          "point: update(g, state, params, second_grads=g2)")
+    if jax.tree.structure(second_grads) != jax.tree.structure(updates):
+      raise ValueError("second_grads must have the structure of the updates")
+    t = state.count.astype(state.current_g.dtype) + 1.0
+    g_prev, g_now = state.previous_g, state.current_g
+    beta_now = 1.0 - alpha(g_prev, t)
+    beta_next = 1.0 - alpha(g_now, t + 1.0)
+    step_size = evaluate(learning_rate, state.count) * eta(g_now, t)
+    out, inner = chain(beta_now, beta_next, step_size).update(
+        updates, state.inner, params)
+    diff = jax.tree.map(lambda a, b: a - b.astype(a.dtype), jax.tree.leaves(
+        updates), jax.tree.leaves(second_grads))
+    variance = numerics.global_norm(diff).astype(g_now.dtype) ** 2
+    g_new = g_now + variance + gradient_bound ** 2 * (
+        (t + 1.0) ** 0.25 - t ** 0.25)
+    return out, AdaptiveNigtState(optax.safe_increment(state.count), g_now,
+                                  g_new, inner)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def qhm(learning_rate: ScalarOrSchedule, beta: ScalarOrSchedule = 0.9,
+        nu: ScalarOrSchedule = 0.7, weight_decay: float = 0.0
+        ) -> optax.GradientTransformation:
+  r"""Mini-batch quasi-hyperbolic momentum (QHM).
+
+  .. math::
+    d_k = (1-\beta_k) g_k + \beta_k d_{k-1}, \quad
+    m_k = (1-\nu_k) g_k + \nu_k d_k, \quad x_{k+1} = x_k - \alpha_k m_k .
+
+  ``nu`` is γ in the increasing-batch paper. ν = 0 is SGD, ν = 1 is
+  :func:`nshb`, ν = β is :func:`snag`, equal to
+  ``optax.sgd(α (1-β), momentum=β, nesterov=True)``.
+
+  Args:
+    learning_rate: α, a constant or a schedule (see ``normopt.schedules`` for
+      the paper's epoch-keyed ones).
+    beta: β in [0, 1), or a schedule.
+    nu: ν in [0, 1] (Ma & Yarats recommend 0.7), or a schedule.
+    weight_decay: L2 coefficient added to the gradient.
+
+  Returns:
+    An ``optax.GradientTransformation``.
+
+  Example:
+    >>> import normopt
+    >>> tx = normopt.qhm(0.1, beta=0.9, nu=0.7)
+
+  References:
+    Ma & Yarats, *Quasi-hyperbolic momentum and Adam for deep learning*,
+    ICLR 2019; Kamo & Iiduka, mini-batch QHM with increasing batch size,
+    Alg. 1.
+  """
+  _check_lr(learning_rate)
+  return optax.chain(
+      optax.add_decayed_weights(weight_decay),
+      qh_combine(beta, nu),
+      optax.scale_by_learning_rate(learning_rate),
+  )
+
+
+def nshb(learning_rate: ScalarOrSchedule, beta: ScalarOrSchedule = 0.9,
+         weight_decay: float = 0.0) -> optax.GradientTransformation:
+  """Normalized stochastic heavy ball: :func:`qhm` with ν = 1.
+
+  ``d_k = (1-β) g_k + β d_{k-1}``, ``x_{k+1} = x_k - α d_k``.
+
+  Example:
+    >>> import normopt
+    >>> tx = normopt.nshb(0.1, beta=0.9)
+
+  References:
+    Gupal & Bazhenov, 1972; QHM increasing-batch paper, Sec. 1.
+  """
+  return qhm(learning_rate, beta, 1.0, weight_decay)
+
+
+def snag(learning_rate: ScalarOrSchedule, beta: ScalarOrSchedule = 0.9,
+         weight_decay: float = 0.0) -> optax.GradientTransformation:
+  """Stochastic Nesterov accelerated gradient: :func:`qhm` with ν = β.
+
+  Example:
+    >>> import normopt
+    >>> tx = normopt.snag(0.1, beta=0.9)
+
+  References:
+    Gitman et al., 2019; QHM increasing-batch paper, Sec. 1.
+  """
+  return qhm(learning_rate, beta, beta, weight_decay)

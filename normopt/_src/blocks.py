@@ -1,0 +1,55 @@
+"""Blocks: which leaves of a tree are normalized (or trust-ratioed) together.
+
+A block specification is ``None`` (one block per leaf, i.e. one per layer
+tensor), a pytree of hashable labels with the structure of the params (leaves
+with equal labels form one block, e.g. one per Flax module), or a callable
+mapping the params to such a tree (like ``optax.multi_transform``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple, Union
+
+import jax
+
+BlockSpec = Union[None, Any, Callable[[Any], Any]]
+
+
+class Blocks(NamedTuple):
+  """Leaves grouped into blocks, resolved once per trace (static Python)."""
+  groups: list[list[int]]
+  labels: list[Any] | None  # None: one block per leaf
+
+
+def resolve(spec: BlockSpec, tree) -> Blocks:
+  """Groups the leaves of ``tree`` (in ``jax.tree.leaves`` order) by ``spec``."""
+  n = len(jax.tree.leaves(tree))
+  if spec is None:
+    return Blocks([[i] for i in range(n)], None)
+  label_tree = spec(tree) if callable(spec) else spec
+  labels = jax.tree.leaves(label_tree)
+  if len(labels) != n:
+    raise ValueError(
+        f"blocks must give one label per leaf: got {len(labels)} labels for "
+        f"{n} leaves")
+  order: dict[Any, list[int]] = {}
+  for i, label in enumerate(labels):
+    order.setdefault(label, []).append(i)
+  return Blocks(list(order.values()), list(order.keys()))
+
+
+def to_tree(blocks: Blocks, values, tree):
+  """Per-block values as a tree: like ``tree`` for per-leaf blocks, else a
+  dict from label to value."""
+  values = list(values)
+  if blocks.labels is None:
+    return jax.tree.unflatten(jax.tree.structure(tree), values)
+  return dict(zip(blocks.labels, values))
+
+
+def from_tree(blocks: Blocks, block_tree) -> list:
+  """The inverse of :func:`to_tree`: per-block values in group order."""
+  if blocks.labels is None:
+    return jax.tree.leaves(block_tree)
+  return [block_tree[label] for label in blocks.labels]

@@ -1,0 +1,116 @@
+"""Zero-safe, overflow-safe norms accumulated in float32 or wider.
+
+Every reduction in normopt goes through :func:`block_sq_norms`:
+
+* the squared norm of each leaf is accumulated in ``promote(leaf.dtype, f32)``
+  (float32 for bf16/f16/f32 leaves, float64 for f64 leaves under x64);
+* the fast sum of squares is used unless it overflows to ``inf`` or
+  underflows below the smallest normal number; only then a ``lax.cond`` takes
+  the rescue branch, which divides every block by its largest magnitude first.
+  Gradients scaled by 1e30 or 1e-30 therefore give exact norms, and the
+  common case pays for one pass over the data;
+* a zero block has norm exactly zero and dividing by it is never done:
+  :func:`divide_by_norm` divides by one instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+
+Groups = Sequence[Sequence[int]]
+
+
+def accumulation_dtype(dtype) -> jnp.dtype:
+  """The dtype a norm of ``dtype`` values is accumulated in (f32 or wider)."""
+  return jnp.promote_types(dtype, jnp.float32)
+
+
+def check_float_leaves(leaves, what: str = "updates") -> None:
+  """Raises a ``TypeError`` naming the first non-floating leaf of ``leaves``."""
+  for i, x in enumerate(leaves):
+    if not jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating):
+      raise TypeError(
+          f"normopt needs floating-point {what}; leaf {i} has dtype "
+          f"{jnp.asarray(x).dtype} (shape {jnp.shape(x)}). Mask integer "
+          "leaves out with optax.masked or drop them from the tree.")
+
+
+def _common_dtype(leaves) -> jnp.dtype:
+  if not leaves:
+    return jnp.dtype(jnp.float32)
+  return jnp.result_type(*[accumulation_dtype(x.dtype) for x in leaves])
+
+
+def _rescued_sq_norms(leaves, groups: Groups, dtype, axis_name):
+  """Squared block norms computed as ``m² Σ (x/m)²`` with ``m = max |x|``."""
+  maxes = jnp.stack([jnp.max(jnp.abs(x), initial=0).astype(dtype)
+                     for x in leaves])
+  group_max = jnp.stack([jnp.max(maxes[jnp.asarray(g)]) for g in groups])
+  if axis_name is not None:
+    group_max = jax.lax.pmax(group_max, axis_name)
+  safe_max = jnp.where(group_max > 0, group_max, 1)
+  sums = []
+  for k, g in enumerate(groups):
+    sums.append(sum(jnp.sum(jnp.square(leaves[i].astype(dtype) / safe_max[k]))
+                    for i in g))
+  scaled = jnp.stack(sums)
+  if axis_name is not None:
+    scaled = jax.lax.psum(scaled, axis_name)
+  return scaled, group_max
+
+
+def block_norms(leaves, groups: Groups, axis_name=None) -> jax.Array:
+  """L2 norm of each group of leaves, exact at any magnitude.
+
+  Args:
+    leaves: a list of arrays (any floating dtypes).
+    groups: for each block, the indices of the leaves that form it.
+    axis_name: if given, the squared norms are summed over this mapped axis
+      (the leaves are shards of one logical tree).
+
+  Returns:
+    A vector with one norm per group, in the widest accumulation dtype of the
+    leaves (float32 unless x64 leaves are present).
+  """
+  dtype = _common_dtype(leaves)
+  if not leaves:
+    return jnp.zeros((len(groups),), dtype)
+  sq = jnp.stack([
+      sum((jnp.sum(jnp.square(leaves[i].astype(dtype))) for i in g),
+          jnp.zeros((), dtype)) for g in groups])
+  if axis_name is not None:
+    sq = jax.lax.psum(sq, axis_name)
+  tiny = jnp.finfo(dtype).tiny
+  # Rescue when a sum overflowed, or underflowed while its block is non-zero
+  # (an all-zero block also lands here; the rescue then returns zero).
+  needs_rescue = jnp.any(~jnp.isfinite(sq) | (sq < tiny))
+
+  def fast(_):
+    return jnp.sqrt(sq)
+
+  def rescue(_):
+    scaled, group_max = _rescued_sq_norms(leaves, groups, dtype, axis_name)
+    rescued = group_max * jnp.sqrt(scaled)
+    bad = ~jnp.isfinite(sq) | (sq < tiny)
+    return jnp.where(bad, rescued, jnp.sqrt(sq))
+
+  return jax.lax.cond(needs_rescue, rescue, fast, None)
+
+
+def global_norm(leaves, axis_name=None) -> jax.Array:
+  """The L2 norm of all ``leaves`` together (see :func:`block_norms`)."""
+  return block_norms(leaves, [list(range(len(leaves)))], axis_name)[0]
+
+
+def divide_by_norm(x: jax.Array, norm: jax.Array) -> jax.Array:
+  """``x / norm`` computed in the accumulation dtype and cast back to x's.
+
+  A zero ``norm`` divides by one instead, so a zero block stays zero and no
+  NaN is made; a NaN ``norm`` (from a NaN in ``x``) is propagated by ``x``.
+  """
+  dtype = jnp.promote_types(accumulation_dtype(x.dtype), norm.dtype)
+  safe = jnp.where(norm > 0, norm, 1).astype(dtype)
+  return (x.astype(dtype) / safe).astype(x.dtype)
