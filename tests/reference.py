@@ -1,0 +1,216 @@
+"""Float64 NumPy reference implementations, written from the papers.
+
+Nothing here imports normopt: every function is an independent loop over
+plain NumPy arrays (lists of blocks), so the tests compare two separately
+written implementations of the same pseudo-code.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def norm(blocks) -> float:
+  return float(np.sqrt(sum(np.sum(np.square(np.asarray(b, np.float64)))
+                           for b in blocks)))
+
+
+def normalize(blocks, eps=0.0):
+  n = norm(blocks) + eps
+  return [b / n if n > 0 else np.zeros_like(b) for b in blocks]
+
+
+# --- primitives, step by step -----------------------------------------------
+
+def heavy_ball(grads, beta, nesterov=False, ema=False, first=False):
+  """Outputs of u <- b u + c g for a sequence of gradient lists."""
+  u = [np.zeros_like(g) for g in grads[0]]
+  outs = []
+  for t, g in enumerate(grads):
+    b = beta(t) if callable(beta) else beta
+    c = 1 - b if ema else 1.0
+    if first and t == 0:
+      u = [gi.copy() for gi in g]
+      c_in = 1.0
+    else:
+      u = [b * ui + c * gi for ui, gi in zip(u, g)]
+      c_in = c
+    outs.append([c_in * gi + b * ui for ui, gi in zip(u, g)] if nesterov
+                else [ui.copy() for ui in u])
+  return outs
+
+
+def qh_combine(grads, beta, nu):
+  d = [np.zeros_like(g) for g in grads[0]]
+  outs = []
+  for t, g in enumerate(grads):
+    b = beta(t) if callable(beta) else beta
+    v = nu(t) if callable(nu) else nu
+    d = [(1 - b) * gi + b * di for gi, di in zip(g, d)]
+    outs.append([(1 - v) * gi + v * di for gi, di in zip(g, d)])
+  return outs
+
+
+def igt_extrapolate(steps, w0, beta):
+  """Moves of x_t = w_t + c_t (w_t - w_{t-1}) for true steps w_{t+1} - w_t.
+
+  ``beta(t)`` is β_t with 1-based t; c_t = β_t / (1 - β_t), and w_0 = w_1.
+  """
+  w_prev = [np.array(x, np.float64) for x in w0]
+  w = [x.copy() for x in w_prev]
+  x_now = [x.copy() for x in w]
+  outs = []
+  for t, step in enumerate(steps, start=1):
+    w_next = [wi + si for wi, si in zip(w, step)]
+    c = beta(t + 1) / (1 - beta(t + 1))
+    x_next = [wn + c * (wn - wi) for wn, wi in zip(w_next, w)]
+    outs.append([xn - xi for xn, xi in zip(x_next, x_now)])
+    w_prev, w, x_now = w, w_next, x_next
+  return outs
+
+
+def lars_scale(g, w, coeff, eps, wd, selected):
+  """One trust-ratio step per block (LARS; You et al. 2017)."""
+  out = []
+  for gi, wi, keep in zip(g, w, selected):
+    if not keep:
+      out.append(gi.copy())
+      continue
+    wn, gn = norm([wi]), norm([gi])
+    denom = gn + wd * wn + eps
+    num = coeff * (wn if wn > 0 else 1.0)
+    r = num / denom if denom > 0 else 0.0
+    out.append(r * (gi + wd * wi))
+  return out
+
+
+# --- the papers' algorithms on a least-squares problem ----------------------
+#
+# ``grad(w, k)`` returns the mini-batch gradient (a list of blocks) of batch k
+# at the point w; every algorithm returns the list of iterates it produced.
+
+def sngm(grad, w, steps, lr, beta, wd=0.0):
+  """SNGM paper, Alg. 1 (u_0 = 0; g_t includes weight decay)."""
+  u = [np.zeros_like(x) for x in w]
+  for t in range(steps):
+    g = [gi + wd * wi for gi, wi in zip(grad(w, t), w)]
+    gn = normalize(g)
+    u = [beta * ui + gi for ui, gi in zip(u, gn)]
+    w = [wi - lr * ui for wi, ui in zip(w, u)]
+  return w
+
+
+def block_sngm(grad, w, steps, lr, beta, wd=0.0):
+  """SNGM paper, eq. (13)-(14): each block normalized on its own."""
+  u = [np.zeros_like(x) for x in w]
+  for t in range(steps):
+    g = [gi + wd * wi for gi, wi in zip(grad(w, t), w)]
+    u = [beta * ui + normalize([gi])[0] for ui, gi in zip(u, g)]
+    w = [wi - lr * ui for wi, ui in zip(w, u)]
+  return w
+
+
+def lars(grad, w, steps, lr, momentum, wd, coeff, selected, nesterov=False):
+  """LARS (CLARS paper eq. 3) with heavy-ball momentum on the scaled step."""
+  v = [np.zeros_like(x) for x in w]
+  for t in range(steps):
+    step = [lr * s for s in lars_scale(grad(w, t), w, coeff, 0.0, wd,
+                                       selected)]
+    v = [momentum * vi + si for vi, si in zip(v, step)]
+    move = [si + momentum * vi for si, vi in zip(step, v)] if nesterov else v
+    w = [wi - mi for wi, mi in zip(w, move)]
+  return w
+
+
+def clars(grad, example_grads, w, steps, lr, beta, coeff, selected):
+  """CLARS paper, Alg. 1 with eq. (4)-(5), written in its v/w form.
+
+  v_{t+1} = w_t - Σ_k γ_k g_k;  w_{t+1} = v_{t+1} + β (v_{t+1} - v_t);
+  γ_k = lr · coeff · ‖w_k‖ / mean_i ‖∇_k f_i(w_t)‖ (selected blocks only).
+  """
+  v_prev = [x.copy() for x in w]
+  for t in range(steps):
+    g = grad(w, t)
+    per_example = example_grads(w, t)  # list over examples of block lists
+    v = []
+    for k, (gk, wk) in enumerate(zip(g, w)):
+      if selected[k]:
+        mean_norm = np.mean([norm([ex[k]]) for ex in per_example])
+        gamma = lr * coeff * norm([wk]) / mean_norm
+      else:
+        gamma = lr
+      v.append(wk - gamma * gk)
+    w = [vi + beta * (vi - vp) for vi, vp in zip(v, v_prev)]
+    v_prev = v
+  return w
+
+
+def normalized_sgdm(grad, w, steps, lr, beta):
+  """NIGT paper eq. (2)-(3) with m_1 = g_1 (Theorem 1)."""
+  m = None
+  for t in range(steps):
+    g = grad(w, t)
+    m = g if m is None else [beta * mi + (1 - beta) * gi for mi, gi in zip(m, g)]
+    w = [wi - lr * mi for wi, mi in zip(w, normalize(m))]
+  return w
+
+
+def nigt(grad, w, steps, lr, beta):
+  """NIGT paper, Alg. 1. Returns (w_T+1, x_T+1): true and extrapolated."""
+  x = [wi.copy() for wi in w]
+  m = grad(x, 0)
+  w_prev, w = w, [wi - lr * mi for wi, mi in zip(w, normalize(m))]
+  c = beta / (1 - beta)
+  for t in range(1, steps):
+    x = [wi + c * (wi - wp) for wi, wp in zip(w, w_prev)]
+    m = [beta * mi + (1 - beta) * gi for mi, gi in zip(m, grad(x, t))]
+    w_prev, w = w, [wi - lr * mi for wi, mi in zip(w, normalize(m))]
+  x = [wi + c * (wi - wp) for wi, wp in zip(w, w_prev)]
+  return w, x
+
+
+def adaptive_nigt(grad, grad2, w, steps, bound, lr_scale=1.0):
+  """NIGT paper, Alg. 2 (G_0 = D so that η_0 = C / D^{2/7}).
+
+  Returns (w, x) after ``steps`` steps: the true and extrapolated points.
+  """
+  C = np.sqrt(7 / (26 * bound ** (6 / 7)))
+  D = C ** (-14 / 3)
+  w_prev = [wi.copy() for wi in w]
+  m = [np.zeros_like(wi) for wi in w]
+  G = {0: D, 1: 3 * bound ** 2 + D}
+  eta = {0: C / D ** (2 / 7)}
+
+  def beta_at(t):
+    e_prev = C / (G[t - 1] ** 2 * t ** 3) ** (1 / 7)
+    return 1 - 1 / (t * e_prev ** 2 * G[t - 1])
+
+  for t in range(1, steps + 1):
+    eta[t] = C / (G[t] ** 2 * (t + 1) ** 3) ** (1 / 7)
+    alpha = 1 / (t * eta[t - 1] ** 2 * G[t - 1])
+    beta = 1 - alpha
+    x = [wi + beta / (1 - beta) * (wi - wp) for wi, wp in zip(w, w_prev)]
+    g, g2 = grad(x, t - 1), grad2(x, t - 1)
+    m = [beta * mi + (1 - beta) * gi for mi, gi in zip(m, g)]
+    G[t + 1] = (G[t] + norm([a - b for a, b in zip(g, g2)]) ** 2
+                + bound ** 2 * ((t + 1) ** 0.25 - t ** 0.25))
+    w_prev, w = w, [wi - lr_scale * eta[t] * mi
+                    for wi, mi in zip(w, normalize(m))]
+  b = beta_at(steps + 1)
+  x = [wi + b / (1 - b) * (wi - wp) for wi, wp in zip(w, w_prev)]
+  return w, x
+
+
+def qhm(grad, w, steps, lr, beta, nu, wd=0.0):
+  """QHM increasing-batch paper, Alg. 1 (d_{-1} = 0); lr/beta/nu may be
+  callables of the step k."""
+  d = [np.zeros_like(x) for x in w]
+  for k in range(steps):
+    a = lr(k) if callable(lr) else lr
+    b = beta(k) if callable(beta) else beta
+    v = nu(k) if callable(nu) else nu
+    g = [gi + wd * wi for gi, wi in zip(grad(w, k), w)]
+    d = [(1 - b) * gi + b * di for gi, di in zip(g, d)]
+    m = [(1 - v) * gi + v * di for gi, di in zip(g, d)]
+    w = [wi - a * mi for wi, mi in zip(w, m)]
+  return w

@@ -1,0 +1,147 @@
+"""heavy_ball and qh_combine against float64 reference loops."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import normopt
+from tests import reference, trees
+
+
+def _run(tx, grads):
+  state = tx.init(grads[0])
+  update = jax.jit(tx.update)
+  outs = []
+  for g in grads:
+    u, state = update(g, state)
+    outs.append(u)
+  return outs
+
+
+def _grads(precision, n=50, seed=0):
+  dtype = "float64" if precision == "float64" else "float32"
+  rng = np.random.default_rng(seed)
+  return [trees.random_tree(rng, dtype) for _ in range(n)]
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+@pytest.mark.parametrize("ema", [False, True])
+@pytest.mark.parametrize("init", ["zero", "first"])
+def test_heavy_ball_matches_reference(precision, nesterov, ema, init):
+  grads = _grads(precision)
+  outs = _run(normopt.heavy_ball(0.9, nesterov, ema=ema, init=init), grads)
+  expected = reference.heavy_ball([trees.blocks(g) for g in grads], 0.9,
+                                  nesterov, ema, init == "first")
+  for u, e in zip(outs, expected):
+    trees.assert_tree_matches(u, e, **trees.tol(precision))
+
+
+def test_heavy_ball_schedule(precision):
+  grads = _grads(precision, seed=1)
+  def schedule(count):
+    return 0.5 + 0.4 * jnp.minimum(count, 10) / 10
+  outs = _run(normopt.heavy_ball(schedule, ema=True), grads)
+  expected = reference.heavy_ball([trees.blocks(g) for g in grads],
+                                  lambda t: 0.5 + 0.4 * min(t, 10) / 10,
+                                  ema=True)
+  for u, e in zip(outs, expected):
+    trees.assert_tree_matches(u, e, **trees.tol(precision))
+
+
+@pytest.mark.parametrize("beta,nu", [(0.9, 0.7), (0.5, 0.0), (0.9, 1.0),
+                                     (0.0, 0.3)])
+def test_qh_combine_matches_reference(precision, beta, nu):
+  grads = _grads(precision, seed=2)
+  outs = _run(normopt.qh_combine(beta, nu), grads)
+  expected = reference.qh_combine([trees.blocks(g) for g in grads], beta, nu)
+  for u, e in zip(outs, expected):
+    trees.assert_tree_matches(u, e, **trees.tol(precision))
+
+
+def test_qh_combine_schedules(precision):
+  grads = _grads(precision, seed=3)
+  outs = _run(normopt.qh_combine(lambda k: 0.9 * 0.5 ** (k // 10),
+                                 lambda k: 0.7 * 0.5 ** (k // 20)), grads)
+  expected = reference.qh_combine([trees.blocks(g) for g in grads],
+                                  lambda k: 0.9 * 0.5 ** (k // 10),
+                                  lambda k: 0.7 * 0.5 ** (k // 20))
+  for u, e in zip(outs, expected):
+    trees.assert_tree_matches(u, e, **trees.tol(precision))
+
+
+@pytest.mark.parametrize("tx", [normopt.heavy_ball(0.9, True),
+                                normopt.qh_combine(0.9, 0.7)])
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
+def test_dtype_kept(tx, dtype):
+  g = {"a": jnp.ones((3, 2), dtype), "b": jnp.zeros((), dtype)}
+  state = tx.init(g)
+  u, new_state = jax.jit(tx.update)(g, state)
+  chex.assert_trees_all_equal_dtypes(u, g)
+  chex.assert_trees_all_equal_shapes_and_dtypes(state, new_state)
+
+
+def test_bad_hyperparameters_name_the_argument():
+  for bad in (-0.1, 1.0, float("nan")):
+    with pytest.raises(ValueError, match="beta"):
+      normopt.heavy_ball(bad)
+    with pytest.raises(ValueError, match="beta"):
+      normopt.qh_combine(bad, 0.5)
+  with pytest.raises(ValueError, match="nu"):
+    normopt.qh_combine(0.5, 1.5)
+  with pytest.raises(ValueError, match="init"):
+    normopt.heavy_ball(0.5, init="ones")
+
+
+@given(st.floats(0.0, 0.99), st.integers(0, 2**31 - 1))
+def test_property_qh_reductions(beta, seed):
+  grads = _grads("float32", n=5, seed=seed)
+  # nu = 0: identity.
+  for u, g in zip(_run(normopt.qh_combine(beta, 0.0), grads), grads):
+    chex.assert_trees_all_close(u, g, rtol=1e-6)
+  # nu = 1: the EMA, i.e. heavy_ball(ema=True).
+  ema = _run(normopt.heavy_ball(beta, ema=True), grads)
+  for u, e in zip(_run(normopt.qh_combine(beta, 1.0), grads), ema):
+    chex.assert_trees_all_close(u, e, rtol=1e-5, atol=1e-6)
+
+
+@given(st.floats(0.0, 0.99), st.floats(0.1, 10.0), st.integers(0, 2**31 - 1))
+def test_property_heavy_ball_linear_and_ema_scaling(beta, c, seed):
+  grads = _grads("float32", n=5, seed=seed)
+  plain = _run(normopt.heavy_ball(beta), grads)
+  scaled = _run(normopt.heavy_ball(beta), [jax.tree.map(lambda x: c * x, g)
+                                           for g in grads])
+  ema = _run(normopt.heavy_ball(beta, ema=True), grads)
+  for p, s, e in zip(plain, scaled, ema):
+    # Linear in the input, and the EMA is the (1 - beta)-scaled buffer.
+    chex.assert_trees_all_close(s, jax.tree.map(lambda x: c * x, p),
+                                rtol=1e-4, atol=1e-5)
+    chex.assert_trees_all_close(e, jax.tree.map(lambda x: (1 - beta) * x, p),
+                                rtol=1e-4, atol=1e-5)
+
+
+def test_inject_hyperparams_parity():
+  grads = _grads("float32", n=10, seed=4)
+  plain = _run(normopt.heavy_ball(0.8, True), grads)
+  injected = _run(optax.inject_hyperparams(normopt.heavy_ball)(beta=0.8,
+                                                               nesterov=True),
+                  grads)
+  for a, b in zip(plain, injected):
+    chex.assert_trees_all_close(a, b, rtol=1e-6)
+
+
+class MomentumVariantsTest(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_two_steps_by_hand(self):
+    tx = normopt.qh_combine(0.5, 0.5)
+    update = self.variant(tx.update)
+    g = jnp.array([2.0])
+    u1, s = update(g, tx.init(g))
+    u2, s = update(g, s)
+    # d1 = 1, m1 = 1 + 0.5 = 1.5; d2 = 0.5 + 1 = 1.5, m2 = 1 + 0.75 = 1.75
+    np.testing.assert_allclose([u1[0], u2[0]], [1.5, 1.75])
