@@ -13,12 +13,13 @@ from normopt._src.blocks import BlockSpec
 from normopt._src.extrapolate import igt_extrapolate
 from normopt._src.hyperparams import (
   ScalarOrSchedule,
+  check_in_range,
   check_non_negative,
   evaluate,
 )
 from normopt._src.momentum import heavy_ball, qh_combine
 from normopt._src.normalize import normalize_global, normalize_per_block
-from normopt._src.trust import Mask, exclude_bias_and_norm, trust_ratio
+from normopt._src.trust import Mask, trust_ratio
 
 
 def _check_lr(learning_rate):
@@ -122,7 +123,7 @@ def block_sngm(learning_rate: ScalarOrSchedule, beta: ScalarOrSchedule = 0.9,
 def lars(learning_rate: ScalarOrSchedule, momentum: ScalarOrSchedule = 0.9,
          weight_decay: float = 0.0, trust_coefficient: float = 0.001,
          eps: float = 0.0, nesterov: bool = False, *,
-         mask: Mask = exclude_bias_and_norm,
+         mask: Mask = None,
          ) -> optax.GradientTransformationExtraArgs:
   r"""Layer-wise adaptive rate scaling (LARS).
 
@@ -145,7 +146,8 @@ def lars(learning_rate: ScalarOrSchedule, momentum: ScalarOrSchedule = 0.9,
     trust_coefficient: k (η = 0.001 in the papers).
     eps: added to the trust-ratio denominator.
     nesterov: use Nesterov momentum.
-    mask: which leaves get the trust ratio and weight decay.
+    mask: which leaves get the trust ratio and weight decay (``None``:
+      all but biases and normalization params; ``True``: all).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` (it needs ``params``).
@@ -168,7 +170,7 @@ def lars(learning_rate: ScalarOrSchedule, momentum: ScalarOrSchedule = 0.9,
 
 def clars(learning_rate: ScalarOrSchedule, momentum: ScalarOrSchedule = 0.9,
           weight_decay: float = 0.0, trust_coefficient: float = 0.01,
-          eps: float = 0.0, *, mask: Mask = exclude_bias_and_norm,
+          eps: float = 0.0, *, mask: Mask = None,
           axis_name: str | None = None,
           ) -> optax.GradientTransformationExtraArgs:
   r"""Complete layer-wise adaptive rate scaling (CLARS), no warmup needed.
@@ -189,7 +191,8 @@ def clars(learning_rate: ScalarOrSchedule, momentum: ScalarOrSchedule = 0.9,
     weight_decay: λ, added to the update and the denominator.
     trust_coefficient: k (η = 0.01 in CLARS Alg. 1).
     eps: added to the denominator.
-    mask: which leaves get the trust ratio and weight decay.
+    mask: which leaves get the trust ratio and weight decay (``None``:
+      all but biases and normalization params; ``True``: all).
     axis_name: data-parallel axis for averaging the per-example norms.
 
   Returns:
@@ -346,8 +349,8 @@ def adaptive_nigt(learning_rate: ScalarOrSchedule = 1.0,
     and Theorem 4.
   """
   _check_lr(learning_rate)
-  if not gradient_bound > 0:
-    raise ValueError(f"gradient_bound must be > 0, got {gradient_bound}")
+  check_in_range("gradient_bound", gradient_bound, 1e-30, float("inf"),
+                 high_inclusive=False)
   check_non_negative("weight_decay", weight_decay)
   c_const = (7.0 / (26.0 * gradient_bound ** (6.0 / 7.0))) ** 0.5
   d_const = c_const ** (-14.0 / 3.0)
@@ -391,6 +394,7 @@ def adaptive_nigt(learning_rate: ScalarOrSchedule = 1.0,
     step_size = evaluate(learning_rate, state.count) * eta(g_now, t)
     out, inner = chain(beta_now, beta_next, step_size).update(
         updates, state.inner, params)
+    out = jax.tree.map(lambda o, g: o.astype(g.dtype), out, updates)
     diff = jax.tree.map(lambda a, b: a - b.astype(a.dtype), jax.tree.leaves(
         updates), jax.tree.leaves(second_grads))
     variance = numerics.global_norm(diff).astype(g_now.dtype) ** 2

@@ -13,7 +13,7 @@ from normopt._src import blocks as blocks_lib
 from normopt._src import numerics
 from normopt._src.hyperparams import check_non_negative
 
-Mask = Union[None, Any, Callable[[Any], Any]]
+Mask = Union[None, bool, Any, Callable[[Any], Any]]
 
 
 class TrustRatioState(NamedTuple):
@@ -39,7 +39,7 @@ def trust_ratio(
     weight_decay: float = 0.0,
     *,
     clip: float | None = None,
-    mask: Mask = exclude_bias_and_norm,
+    mask: Mask = None,
     blocks: blocks_lib.BlockSpec = None,
     axis_name: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -72,8 +72,10 @@ def trust_ratio(
     eps: added to the denominator, ``>= 0``.
     weight_decay: λ above, ``>= 0``; added to the update before scaling.
     clip: if set, ratios are clipped to at most this value.
-    mask: tree of bools like the params, or a callable params -> such tree;
-      ``None`` selects every leaf. Default: :func:`exclude_bias_and_norm`.
+    mask: ``None`` (the default: :func:`exclude_bias_and_norm`), ``True``
+      (every leaf), a tree of bools like the params, or a callable params ->
+      such tree. (The default is ``None`` rather than the function so that
+      ``optax.inject_hyperparams`` does not mistake it for a schedule.)
     blocks: block specification (see :func:`normalize_per_block`).
     axis_name: for ``"clars"`` under data parallelism, the per-example norms
       are averaged (``pmean``) over this axis.
@@ -83,7 +85,7 @@ def trust_ratio(
 
   Example:
     >>> import jax.numpy as jnp, normopt
-    >>> tx = normopt.trust_ratio("lars", trust_coefficient=1.0, mask=None)
+    >>> tx = normopt.trust_ratio("lars", trust_coefficient=1.0, mask=True)
     >>> w = {'k': jnp.full((2, 2), 2.)}
     >>> u, _ = tx.update({'k': jnp.full((2, 2), 0.5)}, tx.init(w), w)
     >>> u['k'][0, 0]  # ratio ‖w‖/‖g‖ = 4 / 1
@@ -154,8 +156,10 @@ def trust_ratio(
 
 def _selected_blocks(mask: Mask, params, resolved) -> list[bool]:
   """Whether each block is trust-ratioed: all of its leaves must be masked in."""
-  if mask is None:
+  if mask is True:
     return [True] * len(resolved.groups)
+  if mask is None:
+    mask = exclude_bias_and_norm
   mask_tree = mask(params) if callable(mask) else mask
   flags = [bool(f) for f in jax.tree.leaves(mask_tree)]
   if len(flags) != len(jax.tree.leaves(params)):
