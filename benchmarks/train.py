@@ -1,0 +1,253 @@
+"""Train a Flax NNX model with any normopt method or optax baseline.
+
+Run ``python -m benchmarks.train --help``. The logic lives in
+:func:`train_and_evaluate`; :func:`main` only parses flags. Data stay on the
+device and each epoch is one jitted ``lax.scan`` over its mini-batches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+import normopt
+from benchmarks import data as data_lib
+from benchmarks import models
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """All defaults in one place (the MNIST-1D large-batch setting)."""
+  dataset: str = "mnist1d"
+  data_dir: str | None = None
+  num_samples: int = 50_000
+  model: str = "cnn1d"
+  method: str = "sngm"
+  learning_rate: float = 0.2
+  beta: float = 0.9  # momentum / β of every method
+  nu: float = 0.7  # QHM
+  trust_coefficient: float = 0.001  # LARS / CLARS
+  weight_decay: float = 1e-4
+  schedule: str = "cosine"  # constant | cosine | polynomial
+  warmup_epochs: int = 0
+  batch_size: int = 128
+  epochs: int = 20
+  seed: int = 0
+  train_subset: int | None = None  # use only the first N training examples
+
+
+def method_names() -> list[str]:
+  return sorted(_METHODS)
+
+
+_METHODS = {
+    # optax baselines; weight decay is added to the gradient.
+    "msgd": lambda c, lr: optax.chain(optax.add_decayed_weights(c.weight_decay),
+                                      optax.sgd(lr, momentum=c.beta)),
+    "optax_lars": lambda c, lr: optax.lars(
+        lr, weight_decay=c.weight_decay, trust_coefficient=c.trust_coefficient,
+        momentum=c.beta),
+    # normopt
+    "sngm": lambda c, lr: normopt.sngm(lr, c.beta, c.weight_decay),
+    "sngd": lambda c, lr: normopt.sngd(lr, c.weight_decay),
+    "block_sngm": lambda c, lr: normopt.block_sngm(lr, c.beta, c.weight_decay),
+    "lars": lambda c, lr: normopt.lars(lr, c.beta, c.weight_decay,
+                                       c.trust_coefficient),
+    "clars": lambda c, lr: normopt.clars(lr, c.beta, c.weight_decay,
+                                         c.trust_coefficient),
+    "normalized_sgdm": lambda c, lr: normopt.normalized_sgdm(
+        lr, c.beta, c.weight_decay),
+    "nigt": lambda c, lr: normopt.nigt(lr, c.beta, c.weight_decay),
+    "qhm": lambda c, lr: normopt.qhm(lr, c.beta, c.nu, c.weight_decay),
+    "nshb": lambda c, lr: normopt.nshb(lr, c.beta, c.weight_decay),
+    "snag": lambda c, lr: normopt.snag(lr, c.beta, c.weight_decay),
+}
+
+
+def make_schedule(config: Config, steps_per_epoch: int) -> optax.Schedule:
+  total = config.epochs * steps_per_epoch
+  warmup = config.warmup_epochs * steps_per_epoch
+  lr = config.learning_rate
+  decay_steps = max(total - warmup, 1)
+  if config.schedule == "constant":
+    main = optax.constant_schedule(lr)
+  elif config.schedule == "cosine":
+    main = optax.cosine_decay_schedule(lr, decay_steps)
+  elif config.schedule == "polynomial":
+    main = optax.polynomial_schedule(lr, 0.0, 2.0, decay_steps)
+  else:
+    raise ValueError(f"unknown schedule {config.schedule!r}; choose "
+                     "constant, cosine, polynomial")
+  if warmup == 0:
+    return main
+  return optax.join_schedules(
+      [optax.linear_schedule(0.0, lr, warmup), main], [warmup])
+
+
+def make_optimizer(config: Config, steps_per_epoch: int):
+  if config.method not in _METHODS:
+    raise ValueError(f"unknown method {config.method!r}; choose one of "
+                     f"{', '.join(method_names())}")
+  return _METHODS[config.method](config, make_schedule(config, steps_per_epoch))
+
+
+def _validate(config: Config, dataset: data_lib.Dataset) -> int:
+  if config.batch_size <= 0 or config.epochs <= 0:
+    raise ValueError("batch_size and epochs must be positive")
+  if config.learning_rate < 0:
+    raise ValueError(f"learning_rate must be >= 0, got {config.learning_rate}")
+  n = len(dataset.y_train)
+  if config.batch_size > n:
+    raise ValueError(f"batch_size {config.batch_size} exceeds the {n} "
+                     "training examples")
+  return n // config.batch_size
+
+
+def train_and_evaluate(config: Config, workdir: str | Path | None = None,
+                       progress: bool = False) -> dict:
+  """Trains ``config.model`` with ``config.method``; returns the metrics.
+
+  The result holds ``test_accuracy`` (a fraction), ``seconds`` and the
+  per-epoch ``history``; with a ``workdir`` it is also written there as
+  ``metrics.json`` and ``metrics.csv`` with a ``curves.png`` plot.
+  """
+  dataset = data_lib.load(config.dataset, config.data_dir, config.num_samples)
+  if config.train_subset is not None:
+    k = config.train_subset
+    dataset = dataset._replace(x_train=dataset.x_train[:k],
+                               y_train=dataset.y_train[:k])
+  steps = _validate(config, dataset)
+  model = models.make(config.model, dataset.x_train.shape[1:],
+                      dataset.num_classes, config.seed)
+  graphdef, params = nnx.split(model)
+  tx = make_optimizer(config, steps)
+  needs_norms = config.method == "clars"
+  is_igt = config.method == "nigt"
+
+  def loss_fn(params, x, y):
+    logits = nnx.merge(graphdef, params)(x)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+  def example_norms(params, x, y):
+    grads = jax.vmap(jax.grad(loss_fn), in_axes=(None, 0, 0))(
+        params, x[:, None], y[:, None])
+    return jax.tree.map(lambda g: jnp.mean(jnp.sqrt(
+        jnp.sum(jnp.square(g.reshape(g.shape[0], -1)), axis=1))), grads)
+
+  x_train, y_train = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
+  x_test, y_test = jnp.asarray(dataset.x_test), jnp.asarray(dataset.y_test)
+  batch = config.batch_size
+
+  @jax.jit
+  def run_epoch(params, opt_state, key):
+    order = jax.random.permutation(key, len(y_train))[:steps * batch]
+
+    def step(carry, idx):
+      params, opt_state = carry
+      xb, yb = x_train[idx], y_train[idx]
+      loss, grads = jax.value_and_grad(loss_fn)(params, xb, yb)
+      extra = ({"per_example_norms": example_norms(params, xb, yb)}
+               if needs_norms else {})
+      updates, opt_state = tx.update(grads, opt_state, params, **extra)
+      return (optax.apply_updates(params, updates), opt_state), loss
+
+    (params, opt_state), losses = jax.lax.scan(
+        step, (params, opt_state), order.reshape(steps, batch))
+    return params, opt_state, jnp.mean(losses)
+
+  @jax.jit
+  def evaluate(params, opt_state):
+    if is_igt:
+      params = normopt.igt_true_params(params, opt_state)
+    logits = nnx.merge(graphdef, params)(x_test)
+    return jnp.mean(jnp.argmax(logits, -1) == y_test)
+
+  opt_state = tx.init(params)
+  key = jax.random.PRNGKey(config.seed)
+  history = []
+  start = time.perf_counter()
+  epochs = range(config.epochs)
+  bar = None
+  if progress:
+    from tqdm import tqdm
+    bar = tqdm(epochs, desc=f"{config.method} b={batch}", leave=False)
+    epochs = bar
+  for epoch in epochs:
+    key, sub = jax.random.split(key)
+    params, opt_state, loss = run_epoch(params, opt_state, sub)
+    accuracy = float(evaluate(params, opt_state))
+    history.append({"epoch": epoch + 1, "train_loss": float(loss),
+                    "test_accuracy": accuracy})
+    if bar is not None:
+      bar.set_postfix(loss=f"{float(loss):.3f}", acc=f"{accuracy:.4f}")
+  seconds = time.perf_counter() - start
+  result = {**dataclasses.asdict(config),
+            "test_accuracy": history[-1]["test_accuracy"],
+            "final_train_loss": history[-1]["train_loss"],
+            "seconds": seconds, "steps_per_epoch": steps,
+            "history": history}
+  if not np.isfinite(result["final_train_loss"]):
+    result["test_accuracy"] = min(result["test_accuracy"], 0.1)
+  if workdir is not None:
+    write_metrics(result, Path(workdir))
+  return result
+
+
+def write_metrics(result: dict, workdir: Path) -> None:
+  workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / "metrics.json").write_text(json.dumps(result, indent=2))
+  with open(workdir / "metrics.csv", "w", newline="") as f:
+    writer = csv.DictWriter(f, ["epoch", "train_loss", "test_accuracy"])
+    writer.writeheader()
+    writer.writerows(result["history"])
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
+  epochs = [h["epoch"] for h in result["history"]]
+  a.plot(epochs, [h["train_loss"] for h in result["history"]])
+  a.set(xlabel="epoch", ylabel="train loss", yscale="log")
+  b.plot(epochs, [h["test_accuracy"] for h in result["history"]])
+  b.set(xlabel="epoch", ylabel="test accuracy")
+  fig.suptitle(f"{result['method']} batch {result['batch_size']} "
+               f"lr {result['learning_rate']}")
+  fig.tight_layout()
+  fig.savefig(workdir / "curves.png", dpi=100)
+  plt.close(fig)
+
+
+def parse_config(argv=None) -> tuple[Config, str | None]:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  for field in dataclasses.fields(Config):
+    kind = {"int": int, "float": float, "str": str}.get(
+        str(field.type).split(" ")[0], str)
+    if field.name == "train_subset":
+      kind = int
+    parser.add_argument(f"--{field.name}", type=kind, default=field.default)
+  parser.add_argument("--workdir", default=None,
+                      help="where metrics.json, metrics.csv, curves.png go")
+  args = vars(parser.parse_args(argv))
+  workdir = args.pop("workdir")
+  return Config(**args), workdir
+
+
+def main(argv=None) -> None:
+  config, workdir = parse_config(argv)
+  result = train_and_evaluate(config, workdir, progress=True)
+  print(f"{config.method} batch {config.batch_size} lr {config.learning_rate}: "
+        f"test accuracy {result['test_accuracy']:.4f} "
+        f"in {result['seconds']:.1f}s")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,109 @@
+"""The training example and the main command, at tiny sizes."""
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+
+from benchmarks import data, large_batch, train
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path_factory, monkeypatch):
+  monkeypatch.setenv("NORMOPT_CACHE", str(tmp_path_factory.getbasetemp()))
+
+
+@pytest.mark.parametrize("method", train.method_names())
+def test_every_method_trains_digits_mlp(method, tmp_path):
+  lr = {"msgd": 0.1, "optax_lars": 5.0, "lars": 5.0, "clars": 5.0}.get(
+      method, 0.05)
+  config = train.Config(dataset="digits", model="mlp", method=method,
+                        learning_rate=lr, batch_size=64, epochs=2,
+                        trust_coefficient=0.01)
+  result = train.train_and_evaluate(config, tmp_path)
+  assert 0.0 <= result["test_accuracy"] <= 1.0
+  assert result["test_accuracy"] > 0.5, result["test_accuracy"]
+  saved = json.loads((tmp_path / "metrics.json").read_text())
+  assert saved["method"] == method and len(saved["history"]) == 2
+  assert (tmp_path / "metrics.csv").exists() and (tmp_path / "curves.png").exists()
+
+
+def test_cli_cnn1d_on_small_mnist1d(tmp_path, capsys):
+  train.main(["--num_samples", "600", "--epochs", "1", "--batch_size", "32",
+              "--method", "sngm", "--schedule", "polynomial",
+              "--warmup_epochs", "0", "--workdir", str(tmp_path)])
+  assert "test accuracy" in capsys.readouterr().out
+  assert json.loads((tmp_path / "metrics.json").read_text())["model"] == "cnn1d"
+
+
+def test_bad_arguments_are_clear():
+  with pytest.raises(ValueError, match="unknown method"):
+    train.train_and_evaluate(train.Config(dataset="digits", model="mlp",
+                                          method="adamw", epochs=1))
+  with pytest.raises(ValueError, match="batch_size"):
+    train.train_and_evaluate(train.Config(dataset="digits", model="mlp",
+                                          batch_size=10**6, epochs=1))
+  with pytest.raises(ValueError, match="unknown schedule"):
+    train.train_and_evaluate(train.Config(dataset="digits", model="mlp",
+                                          schedule="step", epochs=1))
+  with pytest.raises(ValueError, match="unknown dataset"):
+    data.load("imagenet")
+  with pytest.raises(ValueError, match="data_dir"):
+    data.load("cifar10")
+  with pytest.raises(ValueError, match="cnn1d"):
+    train.train_and_evaluate(train.Config(dataset="digits", model="cnn1d",
+                                          epochs=1))
+
+
+def _write_cifar(root, n_train=20, n_test=10):
+  rng = np.random.default_rng(0)
+  root.mkdir()
+  for name, n in [("data_batch_1", n_train), ("test_batch", n_test)]:
+    batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+             b"labels": list(rng.integers(0, 10, n))}
+    with open(root / name, "wb") as f:
+      pickle.dump(batch, f)
+
+
+def test_cifar_reader(tmp_path):
+  _write_cifar(tmp_path / "cifar")
+  ds = data.cifar10(tmp_path / "cifar")
+  assert ds.x_train.shape == (20, 32, 32, 3) and ds.x_test.shape == (10, 32, 32, 3)
+  assert ds.x_train.dtype == np.float32 and ds.y_train.dtype == np.int32
+  np.testing.assert_allclose(ds.x_train.reshape(-1, 3).mean(0), 0.0, atol=1e-4)
+
+
+def test_cifar_reader_errors(tmp_path):
+  with pytest.raises(FileNotFoundError, match="not found"):
+    data.cifar10(tmp_path / "missing")
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(FileNotFoundError, match="data_batch"):
+    data.cifar10(tmp_path / "empty")
+  bad = tmp_path / "bad"
+  bad.mkdir()
+  (bad / "data_batch_1").write_bytes(b"not a pickle")
+  (bad / "test_batch").write_bytes(b"not a pickle")
+  with pytest.raises(ValueError, match="not a CIFAR-10"):
+    data.cifar10(bad)
+
+
+def test_resnet20_one_epoch_on_tiny_cifar(tmp_path):
+  _write_cifar(tmp_path / "cifar", n_train=16, n_test=8)
+  result = train.train_and_evaluate(train.Config(
+      dataset="cifar10", data_dir=str(tmp_path / "cifar"), model="resnet20",
+      method="sngm", batch_size=8, epochs=1))
+  assert np.isfinite(result["final_train_loss"])
+
+
+def test_large_batch_writes_results(tmp_path):
+  large_batch.main(["--methods", "msgd", "sngm", "--batch_sizes", "32", "128",
+                    "--epochs", "1", "--num_samples", "600",
+                    "--out", str(tmp_path)])
+  records = json.loads((tmp_path / "results.json").read_text())
+  assert {r["method"] for r in records} == {"msgd", "sngm"}
+  for r in records:
+    assert set(r) >= {"method", "batch_size", "learning_rate", "seed",
+                      "test_accuracy", "seconds"}
+    assert 0.0 <= r["test_accuracy"] <= 1.0
+  assert (tmp_path / "accuracy_vs_batch.png").stat().st_size > 0
