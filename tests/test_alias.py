@@ -150,3 +150,21 @@ def test_lars_default_mask_keeps_zero_bias_step_bounded():
                                         "bias": jnp.asarray(2e-3)})
     # masked out: a plain (Nesterov) momentum step, |u| <= lr (1 + β) |g|
     assert float(jnp.max(jnp.abs(u["bias"]))) <= 1.9e-3 + 1e-9
+
+
+@pytest.mark.parametrize("name", ["sngm", "clars", "nigt"])
+def test_flax_nnx_optimizer(name):
+  from flax import nnx
+  model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+  optimizer = nnx.Optimizer(model, registry.make(name), wrt=nnx.Param)
+  x = jnp.ones((4, 3))
+  before = np.asarray(model.kernel[...]).copy()
+
+  @nnx.jit
+  def step(model, optimizer):
+    grads = nnx.grad(lambda m: (m(x) ** 2).sum())(model)
+    extra = registry.extra_args(name, grads, None)
+    optimizer.update(model, grads, **extra)
+
+  step(model, optimizer)
+  assert not np.allclose(np.asarray(model.kernel[...]), before)
