@@ -14,13 +14,7 @@ from tests import reference, trees
 
 
 def _run(tx, grads):
-  state = tx.init(grads[0])
-  update = jax.jit(tx.update)
-  outs = []
-  for g in grads:
-    u, state = update(g, state)
-    outs.append(u)
-  return outs
+  return trees.run_updates(tx, grads)[0]
 
 
 def _grads(precision, n=50, seed=0):

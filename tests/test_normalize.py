@@ -13,23 +13,13 @@ import normopt
 from tests import reference, trees
 
 
-def _run(tx, grads):
-  state = tx.init(grads[0])
-  update = jax.jit(tx.update)
-  outs = []
-  for g in grads:
-    u, state = update(g, state)
-    outs.append(u)
-  return outs, state
-
-
 @pytest.mark.parametrize("eps", [0.0, 0.1])
 def test_global_matches_reference(precision, eps):
   dtype = "float64" if precision == "float64" else "float32"
   rng = np.random.default_rng(1)
   grads = [trees.random_tree(rng, dtype, scale=10.0 ** rng.integers(-3, 3))
            for _ in range(50)]
-  outs, state = _run(normopt.normalize_global(eps), grads)
+  outs, state = trees.run_updates(normopt.normalize_global(eps), grads)
   for g, u in zip(grads, outs):
     trees.assert_tree_matches(u, reference.normalize(trees.blocks(g), eps),
                               **trees.tol(precision))
@@ -42,7 +32,7 @@ def test_per_block_matches_reference(precision):
   dtype = "float64" if precision == "float64" else "float32"
   rng = np.random.default_rng(2)
   grads = [trees.random_tree(rng, dtype) for _ in range(50)]
-  outs, _ = _run(normopt.normalize_per_block(), grads)
+  outs, _ = trees.run_updates(normopt.normalize_per_block(), grads)
   for g, u in zip(grads, outs):
     expected = [reference.normalize([b])[0] for b in trees.blocks(g)]
     trees.assert_tree_matches(u, expected, **trees.tol(precision))

@@ -47,3 +47,15 @@ def tol(precision: str) -> dict:
   in O(1) data (f32 rounding over 50 steps is ~1e-7 absolute)."""
   return {"rtol": rtol_for(precision),
           "atol": 1e-14 if precision == "float64" else 1e-6}
+
+
+def run_updates(tx, grads):
+  """Feeds ``grads`` through ``tx`` (jitted); returns the outputs and the
+  final state."""
+  state = tx.init(grads[0])
+  update = jax.jit(tx.update)
+  outs = []
+  for g in grads:
+    u, state = update(g, state)
+    outs.append(u)
+  return outs, state
