@@ -44,6 +44,7 @@ class Config:
   epochs: int = 20
   seed: int = 0
   train_subset: int | None = None  # use only the first N training examples
+  parallel: str = "none"  # none | pmap (data parallel over local devices)
 
 
 def method_names() -> list[str]:
@@ -110,6 +111,13 @@ def _validate(config: Config, dataset: data_lib.Dataset) -> int:
   if config.batch_size > n:
     raise ValueError(f"batch_size {config.batch_size} exceeds the {n} "
                      "training examples")
+  if config.parallel not in ("none", "pmap"):
+    raise ValueError(f"unknown parallel mode {config.parallel!r}; choose "
+                     "none or pmap")
+  devices = jax.local_device_count() if config.parallel == "pmap" else 1
+  if config.batch_size % devices:
+    raise ValueError(f"batch_size {config.batch_size} does not divide by the "
+                     f"{devices} local devices")
   return n // config.batch_size
 
 
@@ -119,7 +127,10 @@ def train_and_evaluate(config: Config, workdir: str | Path | None = None,
 
   The result holds ``test_accuracy`` (a fraction), ``seconds`` and the
   per-epoch ``history``; with a ``workdir`` it is also written there as
-  ``metrics.json`` and ``metrics.csv`` with a ``curves.png`` plot.
+  ``metrics.json`` and ``metrics.csv`` with a ``curves.png`` plot. The
+  trained params are under ``params``. ``config.parallel="pmap"`` trains
+  data parallel over all local devices (gradients ``pmean``-ed before the
+  optimizer).
   """
   dataset = data_lib.load(config.dataset, config.data_dir, config.num_samples)
   if config.train_subset is not None:
@@ -148,22 +159,37 @@ def train_and_evaluate(config: Config, workdir: str | Path | None = None,
   x_test, y_test = jnp.asarray(dataset.x_test), jnp.asarray(dataset.y_test)
   batch = config.batch_size
 
-  @jax.jit
-  def run_epoch(params, opt_state, key):
-    order = jax.random.permutation(key, len(y_train))[:steps * batch]
+  pmap = config.parallel == "pmap"
+  devices = jax.local_device_count() if pmap else 1
 
+  def mean_over_replicas(tree):
+    # Data parallel: average gradients (and CLARS norms) *before* the
+    # optimizer; normalizing per replica and then averaging would be wrong.
+    return jax.lax.pmean(tree, "data") if pmap else tree
+
+  def epoch_body(params, opt_state, order):  # order: (steps, local batch)
     def step(carry, idx):
       params, opt_state = carry
       xb, yb = x_train[idx], y_train[idx]
       loss, grads = jax.value_and_grad(loss_fn)(params, xb, yb)
-      extra = ({"per_example_norms": example_norms(params, xb, yb)}
-               if needs_norms else {})
+      loss, grads = mean_over_replicas((loss, grads))
+      extra = ({"per_example_norms": mean_over_replicas(
+          example_norms(params, xb, yb))} if needs_norms else {})
       updates, opt_state = tx.update(grads, opt_state, params, **extra)
       return (optax.apply_updates(params, updates), opt_state), loss
 
-    (params, opt_state), losses = jax.lax.scan(
-        step, (params, opt_state), order.reshape(steps, batch))
+    (params, opt_state), losses = jax.lax.scan(step, (params, opt_state), order)
     return params, opt_state, jnp.mean(losses)
+
+  body = (jax.pmap(epoch_body, axis_name="data") if pmap
+          else jax.jit(epoch_body))
+
+  def run_epoch(params, opt_state, key):
+    order = jax.random.permutation(key, len(y_train))[:steps * batch]
+    order = order.reshape(steps, devices, batch // devices)
+    if not pmap:
+      return body(params, opt_state, order[:, 0])
+    return body(params, opt_state, order.transpose(1, 0, 2))
 
   @jax.jit
   def evaluate(params, opt_state):
@@ -173,6 +199,10 @@ def train_and_evaluate(config: Config, workdir: str | Path | None = None,
     return jnp.mean(jnp.argmax(logits, -1) == y_test)
 
   opt_state = tx.init(params)
+  if pmap:
+    params, opt_state = jax.tree.map(
+        lambda x: jnp.broadcast_to(x, (devices, *jnp.shape(x))),
+        (params, opt_state))
   key = jax.random.PRNGKey(config.seed)
   history = []
   start = time.perf_counter()
@@ -185,12 +215,17 @@ def train_and_evaluate(config: Config, workdir: str | Path | None = None,
   for epoch in epochs:
     key, sub = jax.random.split(key)
     params, opt_state, loss = run_epoch(params, opt_state, sub)
-    accuracy = float(evaluate(params, opt_state))
+    if pmap:
+      loss = loss[0]
+    accuracy = float(evaluate(*_first_replica(pmap, (params, opt_state))))
     history.append({"epoch": epoch + 1, "train_loss": float(loss),
                     "test_accuracy": accuracy})
     if bar is not None:
       bar.set_postfix(loss=f"{float(loss):.3f}", acc=f"{accuracy:.4f}")
   seconds = time.perf_counter() - start
+  params, opt_state = _first_replica(pmap, (params, opt_state))
+  if is_igt:
+    params = normopt.igt_true_params(params, opt_state)
   result = {**dataclasses.asdict(config),
             "test_accuracy": history[-1]["test_accuracy"],
             "final_train_loss": history[-1]["train_loss"],
@@ -200,7 +235,12 @@ def train_and_evaluate(config: Config, workdir: str | Path | None = None,
     result["test_accuracy"] = min(result["test_accuracy"], 0.1)
   if workdir is not None:
     write_metrics(result, Path(workdir))
+  result["params"] = params  # the trained (true, for NIGT) params; not saved
   return result
+
+
+def _first_replica(pmap: bool, tree):
+  return jax.tree.map(lambda x: x[0], tree) if pmap else tree
 
 
 def write_metrics(result: dict, workdir: Path) -> None:

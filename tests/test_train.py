@@ -3,6 +3,7 @@
 import json
 import pickle
 
+import chex
 import numpy as np
 import pytest
 
@@ -37,6 +38,19 @@ def test_cli_cnn1d_on_small_mnist1d(tmp_path, capsys):
   assert json.loads((tmp_path / "metrics.json").read_text())["model"] == "cnn1d"
 
 
+@pytest.mark.parametrize("method", ["sngm", "clars", "nigt"])
+def test_pmap_data_parallel_equals_one_device(method):
+  """8 forced CPU devices (conftest) give the single-device parameters."""
+  import jax
+  assert jax.local_device_count() == 8
+  base = dict(dataset="digits", model="mlp", method=method, batch_size=64,
+              epochs=2, learning_rate=0.05, trust_coefficient=0.01)
+  one = train.train_and_evaluate(train.Config(**base))
+  many = train.train_and_evaluate(train.Config(**base, parallel="pmap"))
+  chex.assert_trees_all_close(many["params"], one["params"], rtol=1e-5,
+                              atol=1e-6)
+
+
 def test_bad_arguments_are_clear():
   with pytest.raises(ValueError, match="unknown method"):
     train.train_and_evaluate(train.Config(dataset="digits", model="mlp",
@@ -51,6 +65,10 @@ def test_bad_arguments_are_clear():
     data.load("imagenet")
   with pytest.raises(ValueError, match="data_dir"):
     data.load("cifar10")
+  with pytest.raises(ValueError, match="does not divide"):
+    train.train_and_evaluate(train.Config(dataset="digits", model="mlp",
+                                          batch_size=12, parallel="pmap",
+                                          epochs=1))
   with pytest.raises(ValueError, match="cnn1d"):
     train.train_and_evaluate(train.Config(dataset="digits", model="cnn1d",
                                           epochs=1))
