@@ -45,6 +45,8 @@ class Config:
   seed: int = 0
   train_subset: int | None = None  # use only the first N training examples
   parallel: str = "none"  # none | pmap (data parallel over local devices)
+  resume: bool = False  # continue from the latest checkpoint in the workdir
+  stop_after: int | None = None  # stop after this epoch (simulates pre-emption)
 
 
 def method_names() -> list[str]:
@@ -199,14 +201,30 @@ def train_and_evaluate(config: Config, workdir: str | Path | None = None,
     return jnp.mean(jnp.argmax(logits, -1) == y_test)
 
   opt_state = tx.init(params)
+  key = jax.random.PRNGKey(config.seed)
+  history: list[dict] = []
+  manager = None
+  if workdir is not None:
+    import orbax.checkpoint as ocp
+    manager = ocp.CheckpointManager(
+        Path(workdir).absolute() / "checkpoints",
+        options=ocp.CheckpointManagerOptions(max_to_keep=2))
+    if config.resume and manager.latest_step() is not None:
+      restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(
+          state=ocp.args.StandardRestore((params, opt_state, key)),
+          history=ocp.args.JsonRestore()))
+      params, opt_state, key = restored.state
+      history = list(restored.history)
+  elif config.resume:
+    raise ValueError("resume needs a workdir holding checkpoints")
   if pmap:
     params, opt_state = jax.tree.map(
         lambda x: jnp.broadcast_to(x, (devices, *jnp.shape(x))),
         (params, opt_state))
-  key = jax.random.PRNGKey(config.seed)
-  history = []
   start = time.perf_counter()
-  epochs = range(config.epochs)
+  last = config.epochs if config.stop_after is None else min(
+      config.stop_after, config.epochs)
+  epochs = range(len(history), last)
   bar = None
   if progress:
     from tqdm import tqdm
@@ -222,6 +240,13 @@ def train_and_evaluate(config: Config, workdir: str | Path | None = None,
                     "test_accuracy": accuracy})
     if bar is not None:
       bar.set_postfix(loss=f"{float(loss):.3f}", acc=f"{accuracy:.4f}")
+    if manager is not None:
+      manager.save(epoch + 1, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(
+              (*_first_replica(pmap, (params, opt_state)), key)),
+          history=ocp.args.JsonSave(history)))
+  if manager is not None:
+    manager.wait_until_finished()
   seconds = time.perf_counter() - start
   params, opt_state = _first_replica(pmap, (params, opt_state))
   if is_igt:
@@ -269,13 +294,15 @@ def write_metrics(result: dict, workdir: Path) -> None:
 def parse_config(argv=None) -> tuple[Config, str | None]:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   for field in dataclasses.fields(Config):
+    if field.type == "bool":
+      parser.add_argument(f"--{field.name}", action="store_true")
+      continue
     kind = {"int": int, "float": float, "str": str}.get(
         str(field.type).split(" ")[0], str)
-    if field.name == "train_subset":
-      kind = int
     parser.add_argument(f"--{field.name}", type=kind, default=field.default)
   parser.add_argument("--workdir", default=None,
-                      help="where metrics.json, metrics.csv, curves.png go")
+                      help="where metrics.json, metrics.csv, curves.png and "
+                      "the per-epoch orbax checkpoints go")
   args = vars(parser.parse_args(argv))
   workdir = args.pop("workdir")
   return Config(**args), workdir

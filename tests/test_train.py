@@ -51,6 +51,19 @@ def test_pmap_data_parallel_equals_one_device(method):
                               atol=1e-6)
 
 
+@pytest.mark.parametrize("method", ["sngm", "nigt"])
+def test_resume_equals_uninterrupted(method, tmp_path):
+  base = dict(dataset="digits", model="mlp", method=method, batch_size=64,
+              epochs=3, learning_rate=0.05)
+  straight = train.train_and_evaluate(train.Config(**base))
+  train.train_and_evaluate(train.Config(**base, stop_after=1), tmp_path)
+  resumed = train.train_and_evaluate(train.Config(**base, resume=True),
+                                     tmp_path)
+  chex.assert_trees_all_equal(resumed["params"], straight["params"])
+  assert len(resumed["history"]) == 3
+  assert resumed["history"] == straight["history"]
+
+
 def test_bad_arguments_are_clear():
   with pytest.raises(ValueError, match="unknown method"):
     train.train_and_evaluate(train.Config(dataset="digits", model="mlp",
