@@ -371,7 +371,7 @@ def adaptive_nigt(learning_rate: ScalarOrSchedule = 1.0,
     )
 
   def init_fn(params):
-    dtype = numerics._common_dtype(jax.tree.leaves(params))
+    dtype = numerics.norm_dtype(params)
     return AdaptiveNigtState(
         count=jnp.zeros((), jnp.int32),
         previous_g=jnp.asarray(d_const, dtype),

@@ -71,26 +71,18 @@ def igt_extrapolate(beta: ScalarOrSchedule) -> optax.GradientTransformation:
   check_in_range("beta", beta, 0.0, 1.0, high_inclusive=False)
 
   def init_fn(params):
-    dtype = numerics._common_dtype(jax.tree.leaves(params))
     return IgtExtrapolateState(
         count=jnp.zeros((), jnp.int32),
         previous_step=jax.tree.map(jnp.zeros_like, params),
-        coefficient=jnp.zeros((), dtype))
+        coefficient=jnp.zeros((), numerics.norm_dtype(params)))
 
   def update_fn(updates, state, params=None):
     del params
     numerics.check_float_leaves(jax.tree.leaves(updates))
     count = optax.safe_increment(state.count)
     c_next = _coefficient(beta, count).astype(state.coefficient.dtype)
-    c_now = state.coefficient
-
-    def one(step, prev):
-      dtype = numerics.accumulation_dtype(step.dtype)
-      out = ((1 + c_next).astype(dtype) * step.astype(dtype)
-             - c_now.astype(dtype) * prev.astype(dtype))
-      return out.astype(step.dtype)
-
-    out = jax.tree.map(one, updates, state.previous_step)
+    out = numerics.axpby(1 + c_next, updates, -state.coefficient,
+                         state.previous_step)
     previous = jax.tree.map(lambda s, p: s.astype(p.dtype), updates,
                             state.previous_step)
     return out, IgtExtrapolateState(count, previous, c_next)
@@ -136,10 +128,4 @@ def igt_true_params(params, opt_state):
     Cutkosky & Mehta, *Momentum Improves Normalized SGD*, 2020, Alg. 1.
   """
   state = _find_igt_state(opt_state)
-
-  def one(x, prev):
-    dtype = numerics.accumulation_dtype(x.dtype)
-    return (x.astype(dtype) - state.coefficient.astype(dtype)
-            * prev.astype(dtype)).astype(x.dtype)
-
-  return jax.tree.map(one, params, state.previous_step)
+  return numerics.axpby(1.0, params, -state.coefficient, state.previous_step)

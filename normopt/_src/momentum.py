@@ -28,15 +28,6 @@ def _zeros_like(tree):
   return jax.tree.map(jnp.zeros_like, tree)
 
 
-def _axpby(a, x, b, y):
-  """``a*x + b*y`` leaf by leaf, computed in f32 or wider, cast to x's dtype."""
-  def one(xi, yi):
-    dtype = numerics.accumulation_dtype(xi.dtype)
-    return (a.astype(dtype) * xi.astype(dtype)
-            + b.astype(dtype) * yi.astype(dtype)).astype(xi.dtype)
-  return jax.tree.map(one, x, y)
-
-
 def heavy_ball(
     beta: ScalarOrSchedule,
     nesterov: bool = False,
@@ -97,8 +88,8 @@ def heavy_ball(
       a, c_in = jnp.where(first, 0.0, b), jnp.where(first, 1.0, c)
     else:
       a, c_in = b, c
-    momentum = _axpby(a, state.momentum, c_in, updates)
-    out = _axpby(b, momentum, c_in, updates) if nesterov else momentum
+    momentum = numerics.axpby(a, state.momentum, c_in, updates)
+    out = numerics.axpby(b, momentum, c_in, updates) if nesterov else momentum
     return out, HeavyBallState(optax.safe_increment(state.count), momentum)
 
   return optax.GradientTransformation(init_fn, update_fn)
@@ -148,8 +139,8 @@ def qh_combine(beta: ScalarOrSchedule,
     numerics.check_float_leaves(jax.tree.leaves(updates))
     b = evaluate(beta, state.count)
     v = evaluate(nu, state.count)
-    d = _axpby(b, state.ema, 1.0 - b, updates)
-    out = _axpby(v, d, 1.0 - v, updates)
+    d = numerics.axpby(b, state.ema, 1.0 - b, updates)
+    out = numerics.axpby(v, d, 1.0 - v, updates)
     return out, QhCombineState(optax.safe_increment(state.count), d)
 
   return optax.GradientTransformation(init_fn, update_fn)

@@ -23,10 +23,6 @@ class NormalizePerBlockState(NamedTuple):
   norms: Any
 
 
-def _norm_dtype(tree):
-  return numerics._common_dtype(jax.tree.leaves(tree))
-
-
 def normalize_global(
     eps: float = 0.0, *, axis_name: str | None = None
 ) -> optax.GradientTransformation:
@@ -70,7 +66,7 @@ def normalize_global(
   check_non_negative("eps", eps)
 
   def init_fn(params):
-    return NormalizeGlobalState(norm=jnp.zeros((), _norm_dtype(params)))
+    return NormalizeGlobalState(norm=jnp.zeros((), numerics.norm_dtype(params)))
 
   def update_fn(updates, state, params=None):
     del params
@@ -125,7 +121,7 @@ def normalize_per_block(
 
   def init_fn(params):
     resolved = blocks_lib.resolve(blocks, params)
-    zero = jnp.zeros((), _norm_dtype(params))
+    zero = jnp.zeros((), numerics.norm_dtype(params))
     return NormalizePerBlockState(
         blocks_lib.to_tree(resolved, [zero] * len(resolved.groups), params))
 

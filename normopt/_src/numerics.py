@@ -1,6 +1,6 @@
 """Zero-safe, overflow-safe norms accumulated in float32 or wider.
 
-Every reduction in normopt goes through :func:`block_sq_norms`:
+Every reduction in normopt goes through :func:`block_norms`:
 
 * the squared norm of each leaf is accumulated in ``promote(leaf.dtype, f32)``
   (float32 for bf16/f16/f32 leaves, float64 for f64 leaves under x64);
@@ -44,6 +44,23 @@ def _common_dtype(leaves) -> jnp.dtype:
   return jnp.result_type(*[accumulation_dtype(x.dtype) for x in leaves])
 
 
+def norm_dtype(tree) -> jnp.dtype:
+  """The dtype norms of ``tree`` come out in (and scalar states are kept in)."""
+  return _common_dtype(jax.tree.leaves(tree))
+
+
+def axpby(a, x, b, y):
+  """``a*x + b*y`` leaf by leaf, computed in f32 or wider, cast to x's dtype.
+
+  ``a`` and ``b`` are scalars; ``x`` and ``y`` trees of the same structure.
+  """
+  def one(xi, yi):
+    dtype = accumulation_dtype(xi.dtype)
+    return (jnp.asarray(a).astype(dtype) * xi.astype(dtype)
+            + jnp.asarray(b).astype(dtype) * yi.astype(dtype)).astype(xi.dtype)
+  return jax.tree.map(one, x, y)
+
+
 def _rescued_sq_norms(leaves, groups: Groups, dtype, axis_name):
   """Squared block norms computed as ``m² Σ (x/m)²`` with ``m = max |x|``."""
   maxes = jnp.stack([jnp.max(jnp.abs(x), initial=0).astype(dtype)
@@ -83,21 +100,18 @@ def block_norms(leaves, groups: Groups, axis_name=None) -> jax.Array:
           jnp.zeros((), dtype)) for g in groups])
   if axis_name is not None:
     sq = jax.lax.psum(sq, axis_name)
-  tiny = jnp.finfo(dtype).tiny
   # Rescue when a sum overflowed, or underflowed while its block is non-zero
   # (an all-zero block also lands here; the rescue then returns zero).
-  needs_rescue = jnp.any(~jnp.isfinite(sq) | (sq < tiny))
+  bad = ~jnp.isfinite(sq) | (sq < jnp.finfo(dtype).tiny)
 
   def fast(_):
     return jnp.sqrt(sq)
 
   def rescue(_):
     scaled, group_max = _rescued_sq_norms(leaves, groups, dtype, axis_name)
-    rescued = group_max * jnp.sqrt(scaled)
-    bad = ~jnp.isfinite(sq) | (sq < tiny)
-    return jnp.where(bad, rescued, jnp.sqrt(sq))
+    return jnp.where(bad, group_max * jnp.sqrt(scaled), jnp.sqrt(sq))
 
-  return jax.lax.cond(needs_rescue, rescue, fast, None)
+  return jax.lax.cond(jnp.any(bad), rescue, fast, None)
 
 
 def global_norm(leaves, axis_name=None) -> jax.Array:

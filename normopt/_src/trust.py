@@ -107,7 +107,7 @@ def trust_ratio(
 
   def init_fn(params):
     resolved = blocks_lib.resolve(blocks, params)
-    one = jnp.ones((), numerics._common_dtype(jax.tree.leaves(params)))
+    one = jnp.ones((), numerics.norm_dtype(params))
     return TrustRatioState(
         blocks_lib.to_tree(resolved, [one] * len(resolved.groups), params))
 
@@ -123,10 +123,13 @@ def trust_ratio(
     resolved = blocks_lib.resolve(blocks, params)
     selected = _selected_blocks(mask, params, resolved)
     groups = [g for g, keep in zip(resolved.groups, selected) if keep]
-    w_norm = numerics.block_norms(w_leaves, groups)
-    if kind == "lars":
-      denominator = numerics.block_norms(g_leaves, groups)
+    if kind == "lars":  # weight and gradient norms in one reduction
+      n = len(w_leaves)
+      norms = numerics.block_norms(
+          w_leaves + g_leaves, groups + [[i + n for i in g] for g in groups])
+      w_norm, denominator = norms[:len(groups)], norms[len(groups):]
     else:
+      w_norm = numerics.block_norms(w_leaves, groups)
       denominator = _mean_example_norms(per_example_norms, resolved, selected,
                                         axis_name)
     denominator = denominator.astype(w_norm.dtype)
