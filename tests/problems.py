@@ -55,12 +55,17 @@ class LeastSquares:
     return jax.grad(self.loss)(params, *self.batch(t, other))
 
   def jax_example_norms(self, params, t):
-    x, y = self.batch(t)
-    per_example = jax.vmap(jax.grad(self.loss), in_axes=(None, 0, 0))(
-        params, x[:, None], y[:, None])
-    return jax.tree.map(
-        lambda g: jnp.mean(jnp.sqrt(jnp.sum(g.reshape(len(x), -1) ** 2, 1))),
-        per_example)
+    return example_norms(self.loss, params, *self.batch(t))
+
+
+def example_norms(loss, params, x, y):
+  """Mean over the batch of each example's gradient norm, per leaf, computed
+  one example at a time with ``vmap`` of ``grad`` (the CLARS extra argument)."""
+  per_example = jax.vmap(jax.grad(loss), in_axes=(None, 0, 0))(
+      params, x[:, None], y[:, None])
+  return jax.tree.map(
+      lambda g: jnp.mean(jnp.sqrt(jnp.sum(g.reshape(len(x), -1) ** 2, 1))),
+      per_example)
 
 
 @functools.lru_cache(maxsize=1)

@@ -10,7 +10,7 @@ import pytest
 
 import normopt
 from tests import registry
-from tests.problems import digits
+from tests.problems import digits, example_norms
 
 NAMES = sorted(registry.ALIASES)
 
@@ -37,11 +37,7 @@ def test_trains_digits_logistic_regression(name):
     grads = jax.grad(_loss)(params, xb, yb)
     kwargs = {}
     if name == "clars":
-      per_ex = jax.vmap(jax.grad(_loss), in_axes=(None, 0, 0))(
-          params, xb[:, None], yb[:, None])
-      kwargs = {"per_example_norms": jax.tree.map(
-          lambda g: jnp.mean(jnp.sqrt(jnp.sum(g.reshape(128, -1) ** 2, 1))),
-          per_ex)}
+      kwargs = {"per_example_norms": example_norms(_loss, params, xb, yb)}
     elif name == "adaptive_nigt":
       other = jnp.roll(batch, 64)
       kwargs = {"second_grads": jax.grad(_loss)(params, x[other], y[other])}
