@@ -38,15 +38,19 @@ def test_cli_cnn1d_on_small_mnist1d(tmp_path, capsys):
   assert json.loads((tmp_path / "metrics.json").read_text())["model"] == "cnn1d"
 
 
+@pytest.mark.parametrize("parallel", ["pmap", "mesh"])
 @pytest.mark.parametrize("method", ["sngm", "clars", "nigt"])
-def test_pmap_data_parallel_equals_one_device(method):
+def test_data_parallel_equals_one_device(method, parallel):
   """8 forced CPU devices (conftest) give the single-device parameters."""
   import jax
   assert jax.local_device_count() == 8
   base = dict(dataset="digits", model="mlp", method=method, batch_size=64,
               epochs=2, learning_rate=0.05, trust_coefficient=0.01)
   one = train.train_and_evaluate(train.Config(**base))
-  many = train.train_and_evaluate(train.Config(**base, parallel="pmap"))
+  many = train.train_and_evaluate(train.Config(**base, parallel=parallel))
+  if parallel == "mesh":  # the run really was spread over the mesh
+    leaf = jax.tree.leaves(many["params"])[0]
+    assert len(leaf.sharding.device_set) == 8
   chex.assert_trees_all_close(many["params"], one["params"], rtol=1e-5,
                               atol=1e-6)
 
@@ -80,7 +84,7 @@ def test_bad_arguments_are_clear():
     data.load("cifar10")
   with pytest.raises(ValueError, match="does not divide"):
     train.train_and_evaluate(train.Config(dataset="digits", model="mlp",
-                                          batch_size=12, parallel="pmap",
+                                          batch_size=12, parallel="mesh",
                                           epochs=1))
   with pytest.raises(ValueError, match="cnn1d"):
     train.train_and_evaluate(train.Config(dataset="digits", model="cnn1d",
