@@ -1,5 +1,6 @@
 """normopt: normalized optimizers for large-batch training, on JAX and Optax."""
 
+from normopt import schedules
 from normopt._src.alias import (
                                 AdaptiveNigtState,
                                 adaptive_nigt,
@@ -53,6 +54,7 @@ __all__ = (
     "nshb",
     "qh_combine",
     "qhm",
+    "schedules",
     "sngd",
     "sngm",
     "snag",
