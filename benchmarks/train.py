@@ -12,7 +12,9 @@ import csv
 import dataclasses
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +26,7 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec
 import normopt
 from benchmarks import data as data_lib
 from benchmarks import models
+from normopt import schedules
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,13 +42,19 @@ class Config:
   nu: float = 0.7  # QHM
   trust_coefficient: float = 0.001  # LARS / CLARS
   weight_decay: float = 1e-4
-  schedule: str = "cosine"  # constant | cosine | polynomial
+  schedule: str = "cosine"  # constant|cosine|polynomial|sqrt_decay|inverse_decay
   warmup_epochs: int = 0
   batch_size: int = 128
   epochs: int = 20
   seed: int = 0
   train_subset: int | None = None  # use only the first N training examples
   parallel: str = "none"  # none | pmap | mesh (data parallel, all devices)
+  # Growing batch (QHM paper): batch_size * batch_growth^⌊epoch/growth_interval⌋
+  # capped at max_batch, realised by accumulating micro_batch-sized passes.
+  micro_batch: int | None = None
+  batch_growth: float = 1.0
+  growth_interval: int = 1
+  max_batch: int | None = None
   resume: bool = False  # continue from the latest checkpoint in the workdir
   stop_after: int | None = None  # stop after this epoch (simulates pre-emption)
 
@@ -78,39 +87,71 @@ _METHODS = {
 }
 
 
-def make_schedule(config: Config, steps_per_epoch: int) -> optax.Schedule:
-  total = config.epochs * steps_per_epoch
-  warmup = config.warmup_epochs * steps_per_epoch
-  lr = config.learning_rate
-  decay_steps = max(total - warmup, 1)
-  if config.schedule == "constant":
-    main = optax.constant_schedule(lr)
-  elif config.schedule == "cosine":
-    main = optax.cosine_decay_schedule(lr, decay_steps)
-  elif config.schedule == "polynomial":
-    main = optax.polynomial_schedule(lr, 0.0, 2.0, decay_steps)
-  else:
+class Plan(NamedTuple):
+  """How an epoch is cut: ``steps`` passes of ``pass_batch`` examples each.
+
+  Without growth a pass is an optimizer step. With ``micro_batch`` set, the
+  optimizer is wrapped in ``optax.MultiSteps`` and applies once per
+  ``b_m / micro_batch`` passes; ``epoch_of`` maps optimizer steps to epochs.
+  """
+  steps: int
+  pass_batch: int
+  epoch_of: Callable[[jax.Array], jax.Array]
+  batch_schedule: Callable[[jax.Array], jax.Array] | None
+
+
+_EPOCH_SCHEDULES = {
+    "constant": lambda c: schedules.constant(c.learning_rate),
+    "cosine": lambda c: schedules.cosine(c.learning_rate, c.epochs),
+    "polynomial": lambda c: schedules.polynomial(c.learning_rate, c.epochs),
+    "sqrt_decay": lambda c: schedules.sqrt_decay(c.learning_rate),
+    "inverse_decay": lambda c: schedules.inverse_decay(c.learning_rate),
+}
+
+
+def make_schedule(config: Config, plan: Plan) -> optax.Schedule:
+  """Step-keyed (smooth) constant/cosine/polynomial schedules with optional
+  warmup; epoch-keyed ones (the QHM paper's) for the decays and whenever the
+  batch grows."""
+  if config.schedule not in _EPOCH_SCHEDULES:
     raise ValueError(f"unknown schedule {config.schedule!r}; choose "
-                     "constant, cosine, polynomial")
+                     f"{', '.join(_EPOCH_SCHEDULES)}")
+  lr = config.learning_rate
+  warmup = config.warmup_epochs * plan.steps
+  if plan.batch_schedule is not None or config.schedule.endswith("decay"):
+    if warmup:
+      raise ValueError("warmup_epochs needs a step-keyed schedule (constant, "
+                       "cosine or polynomial) and a fixed batch size")
+    return schedules.per_step(_EPOCH_SCHEDULES[config.schedule](config),
+                              plan.epoch_of)
+  decay_steps = max(config.epochs * plan.steps - warmup, 1)
+  main = {"constant": lambda: optax.constant_schedule(lr),
+          "cosine": lambda: optax.cosine_decay_schedule(lr, decay_steps),
+          "polynomial": lambda: optax.polynomial_schedule(
+              lr, 0.0, 2.0, decay_steps)}[config.schedule]()
   if warmup == 0:
     return main
   return optax.join_schedules(
       [optax.linear_schedule(0.0, lr, warmup), main], [warmup])
 
 
-def make_optimizer(config: Config, steps_per_epoch: int):
+def make_optimizer(config: Config, plan: Plan):
   if config.method not in _METHODS:
     raise ValueError(f"unknown method {config.method!r}; choose one of "
                      f"{', '.join(method_names())}")
-  return _METHODS[config.method](config, make_schedule(config, steps_per_epoch))
+  tx = _METHODS[config.method](config, make_schedule(config, plan))
+  if plan.batch_schedule is None:
+    return tx
+  return optax.MultiSteps(tx, every_k_schedule=schedules.accumulation_steps(
+      plan.batch_schedule, config.micro_batch, plan.epoch_of))
 
 
-def _validate(config: Config, dataset: data_lib.Dataset) -> int:
+def make_plan(config: Config, n: int) -> Plan:
+  """Validates the batch settings against ``n`` training examples."""
   if config.batch_size <= 0 or config.epochs <= 0:
     raise ValueError("batch_size and epochs must be positive")
   if config.learning_rate < 0:
     raise ValueError(f"learning_rate must be >= 0, got {config.learning_rate}")
-  n = len(dataset.y_train)
   if config.batch_size > n:
     raise ValueError(f"batch_size {config.batch_size} exceeds the {n} "
                      "training examples")
@@ -118,10 +159,25 @@ def _validate(config: Config, dataset: data_lib.Dataset) -> int:
     raise ValueError(f"unknown parallel mode {config.parallel!r}; choose "
                      "none, pmap or mesh")
   devices = 1 if config.parallel == "none" else jax.local_device_count()
-  if config.batch_size % devices:
-    raise ValueError(f"batch_size {config.batch_size} does not divide by the "
+  pass_batch = config.micro_batch or config.batch_size
+  if pass_batch % devices:
+    raise ValueError(f"batch_size {pass_batch} does not divide by the "
                      f"{devices} local devices")
-  return n // config.batch_size
+  if config.micro_batch is None:
+    steps = n // config.batch_size
+    return Plan(steps, config.batch_size, lambda count: count // steps, None)
+  batch = schedules.exponential_batch(config.batch_size, config.batch_growth,
+                                      config.growth_interval, config.max_batch)
+  schedules.check_divisible(batch, config.micro_batch, config.epochs)
+  largest = max(int(batch(m)) for m in range(config.epochs))
+  if largest > n:
+    raise ValueError(f"the batch grows to {largest}, more than the {n} "
+                     "training examples; set max_batch")
+  # Every epoch uses the same examples count, a multiple of the largest batch,
+  # so each epoch is a whole number of optimizer steps.
+  used = n // largest * largest
+  return Plan(used // config.micro_batch, config.micro_batch,
+              schedules.step_to_epoch(used, batch, config.epochs), batch)
 
 
 def train_and_evaluate(config: Config, workdir: str | Path | None = None,
@@ -141,11 +197,12 @@ def train_and_evaluate(config: Config, workdir: str | Path | None = None,
     k = config.train_subset
     dataset = dataset._replace(x_train=dataset.x_train[:k],
                                y_train=dataset.y_train[:k])
-  steps = _validate(config, dataset)
+  plan = make_plan(config, len(dataset.y_train))
+  steps = plan.steps
   model = models.make(config.model, dataset.x_train.shape[1:],
                       dataset.num_classes, config.seed)
   graphdef, params = nnx.split(model)
-  tx = make_optimizer(config, steps)
+  tx = make_optimizer(config, plan)
   needs_norms = config.method == "clars"
   is_igt = config.method == "nigt"
 
@@ -161,7 +218,7 @@ def train_and_evaluate(config: Config, workdir: str | Path | None = None,
 
   x_train, y_train = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
   x_test, y_test = jnp.asarray(dataset.x_test), jnp.asarray(dataset.y_test)
-  batch = config.batch_size
+  batch = plan.pass_batch
 
   pmap = config.parallel == "pmap"
   devices = jax.local_device_count() if pmap else 1
@@ -268,7 +325,7 @@ def train_and_evaluate(config: Config, workdir: str | Path | None = None,
   result = {**dataclasses.asdict(config),
             "test_accuracy": history[-1]["test_accuracy"],
             "final_train_loss": history[-1]["train_loss"],
-            "seconds": seconds, "steps_per_epoch": steps,
+            "seconds": seconds, "passes_per_epoch": steps,
             "history": history}
   if not np.isfinite(result["final_train_loss"]):
     result["test_accuracy"] = min(result["test_accuracy"], 0.1)

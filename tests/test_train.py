@@ -68,6 +68,26 @@ def test_resume_equals_uninterrupted(method, tmp_path):
   assert resumed["history"] == straight["history"]
 
 
+@pytest.mark.parametrize("method", ["sngm", "nigt", "qhm"])
+def test_accumulated_micro_batches_equal_plain_batches(method):
+  base = dict(dataset="digits", model="mlp", method=method, batch_size=64,
+              epochs=2, learning_rate=0.05, schedule="sqrt_decay")
+  plain = train.train_and_evaluate(train.Config(**base))
+  accumulated = train.train_and_evaluate(train.Config(**base, micro_batch=16))
+  chex.assert_trees_all_close(accumulated["params"], plain["params"],
+                              rtol=1e-5, atol=1e-6)
+
+
+def test_growing_batch_runs_and_caps(tmp_path):
+  result = train.train_and_evaluate(train.Config(
+      dataset="digits", model="mlp", method="qhm", batch_size=16,
+      micro_batch=16, batch_growth=2, growth_interval=1, max_batch=64,
+      epochs=4, learning_rate=0.1, schedule="constant"), tmp_path)
+  assert result["test_accuracy"] > 0.5
+  # 1437 examples -> 1408 used (22 batches of the cap 64) -> 88 passes.
+  assert result["passes_per_epoch"] == 88
+
+
 def test_bad_arguments_are_clear():
   with pytest.raises(ValueError, match="unknown method"):
     train.train_and_evaluate(train.Config(dataset="digits", model="mlp",
@@ -86,6 +106,14 @@ def test_bad_arguments_are_clear():
     train.train_and_evaluate(train.Config(dataset="digits", model="mlp",
                                           batch_size=12, parallel="mesh",
                                           epochs=1))
+  with pytest.raises(ValueError, match="not a multiple of the micro-batch"):
+    train.train_and_evaluate(train.Config(dataset="digits", model="mlp",
+                                          batch_size=24, micro_batch=16,
+                                          epochs=1))
+  with pytest.raises(ValueError, match="warmup_epochs"):
+    train.train_and_evaluate(train.Config(dataset="digits", model="mlp",
+                                          schedule="sqrt_decay",
+                                          warmup_epochs=1, epochs=2))
   with pytest.raises(ValueError, match="cnn1d"):
     train.train_and_evaluate(train.Config(dataset="digits", model="cnn1d",
                                           epochs=1))
@@ -142,3 +170,14 @@ def test_large_batch_writes_results(tmp_path):
                       "test_accuracy", "seconds"}
     assert 0.0 <= r["test_accuracy"] <= 1.0
   assert (tmp_path / "accuracy_vs_batch.png").stat().st_size > 0
+
+
+def test_increasing_batch_benchmark_writes_results(tmp_path):
+  from benchmarks import increasing_batch
+  increasing_batch.main(["--epochs", "2", "--interval", "1", "--b0", "8",
+                         "--b_max", "16", "--num_samples", "600",
+                         "--out", str(tmp_path)])
+  records = json.loads((tmp_path / "results.json").read_text())
+  assert len(records) == 5
+  assert all(0.0 <= r["test_accuracy"] <= 1.0 for r in records)
+  assert (tmp_path / "curves.png").stat().st_size > 0
