@@ -134,6 +134,8 @@ def test_accumulated_step_equals_big_batch_step(name):
         every_k_schedule=schedules.accumulation_steps(batch, MICRO, epoch_of))
     params_big = params_acc = p.params()
     state_big, state_acc = big_tx.init(params_big), multi.init(params_acc)
+    grad = jax.jit(jax.grad(p.loss))
+    big_update, multi_update = jax.jit(big_tx.update), jax.jit(multi.update)
     rng = np.random.default_rng(0)
     for t in range(8):  # epochs 0-3: 4 + 2 + 2 + ... steps; k = 2, 4, 4, ...
       k = int(batch(epoch_of(t))) // MICRO
@@ -145,19 +147,17 @@ def test_accumulated_step_equals_big_batch_step(name):
         # Extra arguments describe the whole batch; MultiSteps applies the
         # last micro-step's, so each micro-step is given the full-batch ones.
         return registry.extra_args(
-            name, None, params,
-            second_grads=jax.grad(p.loss)(params, x2, y2),
+            name, None, params, second_grads=grad(params, x2, y2),
             example_norms=example_norms(p.loss, params, x, y))
 
-      g = jax.grad(p.loss)(params_big, x, y)
-      u, state_big = big_tx.update(g, state_big, params_big,
-                                   **extra(params_big))
+      g = grad(params_big, x, y)
+      u, state_big = big_update(g, state_big, params_big, **extra(params_big))
       params_big = optax.apply_updates(params_big, u)
       extra_acc = extra(params_acc)
       for j in range(k):
         sl = slice(j * MICRO, (j + 1) * MICRO)
-        g = jax.grad(p.loss)(params_acc, x[sl], y[sl])
-        u, state_acc = multi.update(g, state_acc, params_acc, **extra_acc)
+        g = grad(params_acc, x[sl], y[sl])
+        u, state_acc = multi_update(g, state_acc, params_acc, **extra_acc)
         params_acc = optax.apply_updates(params_acc, u)
       chex.assert_trees_all_close(params_acc, params_big, rtol=1e-6,
                                   atol=1e-12)
