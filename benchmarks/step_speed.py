@@ -1,0 +1,191 @@
+"""Optimizer step speed: normopt vs the equivalent optax chains vs a fused axpy.
+
+An optimizer step is memory bound: its floor is the time to stream the
+param, gradient and state buffers once. Every candidate is a jitted
+``update + apply_updates`` with params and state donated; all candidates of a
+tree are timed in one run, interleaved (round-robin over candidates, each
+round in a fresh order), and reported as medians and as ratios to the fused
+axpy ``w - lr*g`` (3 streams: read w, read g, write w) and to the optax
+equivalent. ``floor`` is each method's stream count / 3.
+
+    python -m benchmarks.step_speed                      # all trees
+    python -m benchmarks.step_speed --trees resnet50 --reps 30 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import normopt
+
+LR, BETA = 0.1, 0.9
+
+
+def resnet50_shapes() -> list[tuple[int, ...]]:
+  """Conv kernels, batch-norm scales/offsets and the head of ResNet-50."""
+  shapes = [(7, 7, 3, 64), (64,), (64,)]
+  cin = 64
+  for width, blocks in ((64, 3), (128, 4), (256, 6), (512, 3)):
+    for b in range(blocks):
+      shapes += [(1, 1, cin, width), (width,), (width,),
+                 (3, 3, width, width), (width,), (width,),
+                 (1, 1, width, 4 * width), (4 * width,), (4 * width,)]
+      if b == 0:
+        shapes += [(1, 1, cin, 4 * width), (4 * width,), (4 * width,)]
+      cin = 4 * width
+  return [*shapes, (2048, 1000), (1000,)]
+
+
+def transformer_shapes(blocks: int = 24, d: int = 256) -> list[tuple[int, ...]]:
+  shapes = [(32000, d)]
+  for _ in range(blocks):
+    shapes += [(d,), (d,), (d, 3 * d), (3 * d,), (d, d), (d,),
+               (d,), (d,), (d, 4 * d), (4 * d,), (4 * d, d), (d,)]
+  return [*shapes, (d,), (d,)]
+
+
+def small_leaves_shapes(n: int = 1000) -> list[tuple[int, ...]]:
+  return [(32, 32)] * n
+
+
+TREES = {"resnet50": resnet50_shapes, "transformer": transformer_shapes,
+         "small_leaves": small_leaves_shapes}
+
+
+def make_tree(shapes, seed):
+  rng = np.random.default_rng(seed)
+  return {f"p{i:04d}": jnp.asarray(rng.standard_normal(s), jnp.float32)
+          for i, s in enumerate(shapes)}
+
+
+def candidates(params):
+  """name -> (optimizer, optax equivalent's name or None, stream count)."""
+  per_example = jax.tree.map(lambda p: jnp.ones((), jnp.float32), params)
+  sngm_optax = optax.chain(optax.normalize_by_update_norm(eps=0.0),
+                           optax.trace(BETA), optax.scale_by_learning_rate(LR))
+  nsgdm_optax = optax.chain(optax.ema(BETA, debias=False),
+                            optax.normalize_by_update_norm(eps=0.0),
+                            optax.scale_by_learning_rate(LR))
+  return {
+      # baselines
+      "optax.sgd(momentum)": (optax.sgd(LR, BETA), None, 5, {}),
+      # normopt and its optax equivalent, side by side
+      "sngm": (normopt.sngm(LR, BETA), "optax sngm chain", 6, {}),
+      "optax sngm chain": (sngm_optax, None, 6, {}),
+      "sngd": (normopt.sngd(LR), None, 4, {}),
+      "block_sngm": (normopt.block_sngm(LR, BETA), None, 6, {}),
+      "lars": (normopt.lars(LR, BETA, mask=True), "optax.lars", 7, {}),
+      "optax.lars": (optax.lars(LR, momentum=BETA), None, 7, {}),
+      "clars": (normopt.clars(LR, BETA, mask=True), "optax.lars", 6,
+                {"per_example_norms": per_example}),
+      "normalized_sgdm": (normopt.normalized_sgdm(LR, BETA),
+                          "optax nsgdm chain", 6, {}),
+      "optax nsgdm chain": (nsgdm_optax, None, 6, {}),
+      "nigt": (normopt.nigt(LR, BETA), None, 8, {}),
+      "qhm": (normopt.qhm(LR, BETA, 0.7), None, 5, {}),
+      "snag": (normopt.snag(LR, BETA), "optax.sgd(nesterov)", 5, {}),
+      "optax.sgd(nesterov)": (optax.sgd(LR * (1 - BETA), BETA, nesterov=True),
+                              None, 5, {}),
+      "nshb": (normopt.nshb(LR, BETA), "optax.sgd(momentum)", 5, {}),
+  }
+
+
+def _step_fn(tx, extra):
+  def step(params, state, grads):
+    updates, state = tx.update(grads, state, params, **extra)
+    return optax.apply_updates(params, updates), state
+  return jax.jit(step, donate_argnums=(0, 1))
+
+
+def measure(tree: str, reps: int, only=None) -> list[dict]:
+  shapes = TREES[tree]()
+  grads = make_tree(shapes, 1)
+  runners = {}
+  params0 = make_tree(shapes, 0)
+  for name, (tx, ref, streams, extra) in candidates(params0).items():
+    if only and name not in only:
+      continue
+    step = _step_fn(tx, extra)
+    params = jax.tree.map(jnp.copy, params0)
+    state = tx.init(params)
+    params, state = step(params, state, grads)  # compile + warm up
+    jax.block_until_ready((params, state))
+    runners[name] = [step, params, state, ref, streams]
+  axpy = jax.jit(lambda w, g: jax.tree.map(lambda a, b: a - LR * b, w, g),
+                 donate_argnums=0)
+  w = axpy(jax.tree.map(jnp.copy, params0), grads)
+  jax.block_until_ready(w)
+  times: dict[str, list[float]] = {name: [] for name in runners}
+  times["axpy"] = []
+  order = [*list(runners), "axpy"]
+  for _ in range(reps):
+    random.shuffle(order)
+    for name in order:
+      start = time.perf_counter()
+      if name == "axpy":
+        w = axpy(w, grads)
+        jax.block_until_ready(w)
+      else:
+        r = runners[name]
+        r[1], r[2] = r[0](r[1], r[2], grads)
+        jax.block_until_ready((r[1], r[2]))
+      times[name].append(time.perf_counter() - start)
+  med = {name: float(np.median(t)) for name, t in times.items()}
+  n_params = sum(int(np.prod(s)) for s in shapes)
+  rows = []
+  for name, (_, _, _, ref, streams) in runners.items():
+    rows.append({
+        "tree": tree, "leaves": len(shapes), "params": n_params,
+        "method": name, "median_ms": 1e3 * med[name],
+        "vs_axpy": med[name] / med["axpy"], "floor": streams / 3,
+        "vs_optax": (med[name] / med[ref]) if ref in med else None,
+        "optax_equivalent": ref})
+  rows.append({"tree": tree, "leaves": len(shapes), "params": n_params,
+               "method": "axpy", "median_ms": 1e3 * med["axpy"],
+               "vs_axpy": 1.0, "floor": 1.0, "vs_optax": None,
+               "optax_equivalent": None})
+  return rows
+
+
+def table(rows) -> str:
+  lines = ["| tree | method | median ms | × axpy | floor | × optax equivalent |",
+           "|---|---|---|---|---|---|"]
+  for r in rows:
+    vs = (f"{r['vs_optax']:.2f} ({r['optax_equivalent']})"
+          if r["vs_optax"] is not None else "")
+    lines.append(f"| {r['tree']} | {r['method']} | {r['median_ms']:.2f} | "
+                 f"{r['vs_axpy']:.2f} | {r['floor']:.2f} | {vs} |")
+  return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--trees", nargs="+", default=list(TREES),
+                      choices=list(TREES))
+  parser.add_argument("--reps", type=int, default=20)
+  parser.add_argument("--only", nargs="*", default=None,
+                      help="time only these candidates (and axpy)")
+  parser.add_argument("--json", default=None, help="write the rows here")
+  args = parser.parse_args(argv)
+  rows = []
+  for tree in args.trees:
+    rows += measure(tree, args.reps, args.only)
+  print(table(rows))
+  print(f"\n{jax.devices()[0].device_kind} ({platform.machine()}), "
+        f"jax {jax.__version__}, optax {optax.__version__}, reps {args.reps}")
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(rows, f, indent=2)
+
+
+if __name__ == "__main__":
+  main()
