@@ -26,7 +26,7 @@ def test_matches_reference(precision, beta):
                                        trees.blocks(w0), lambda t: beta)
   x, w = w0, w0
   for step, e in zip(steps, expected):
-    u, state = update(step, state)
+    u, state = update(step, state, x)
     trees.assert_tree_matches(u, e, **trees.tol(precision))
     x = optax.apply_updates(x, u)
     w = optax.apply_updates(w, step)
@@ -47,9 +47,11 @@ def test_schedule_uses_beta_of_the_next_point():
   expected = reference.igt_extrapolate([trees.blocks(s) for s in steps],
                                        trees.blocks(w0),
                                        lambda t: 0.5 + 0.02 * (t - 1))
+  x = w0
   for step, e in zip(steps, expected):
-    u, state = tx.update(step, state)
+    u, state = tx.update(step, state, x)
     trees.assert_tree_matches(u, e, 1e-5, atol=1e-6)
+    x = optax.apply_updates(x, u)
 
 
 def test_true_params_errors_without_igt_state():
@@ -64,15 +66,18 @@ def test_dtype_kept(dtype):
   tx = normopt.igt_extrapolate(0.9)
   w = {"a": jnp.ones((2, 2), dtype)}
   s = tx.init(w)
-  u, s2 = jax.jit(tx.update)(w, s)
+  u, s2 = jax.jit(tx.update)(w, s, w)
   chex.assert_trees_all_equal_dtypes(u, w)
   chex.assert_trees_all_equal_shapes_and_dtypes(s, s2)
   assert normopt.igt_true_params(w, s2)["a"].dtype == dtype
 
 
-def test_bad_beta():
+def test_bad_beta_and_missing_params():
   with pytest.raises(ValueError, match="beta"):
     normopt.igt_extrapolate(1.0)
+  tx = normopt.igt_extrapolate(0.5)
+  with pytest.raises(ValueError, match="params"):
+    tx.update(jnp.ones(2), tx.init(jnp.ones(2)))
 
 
 @given(st.floats(0.0, 0.95), st.integers(0, 2**31 - 1))
@@ -84,7 +89,7 @@ def test_property_helper_inverts_extrapolation(beta, seed):
   x = w
   for _ in range(3):
     step = trees.random_tree(rng, scale=0.1)
-    u, state = tx.update(step, state)
+    u, state = tx.update(step, state, x)
     x = optax.apply_updates(x, u)
     w = optax.apply_updates(w, step)
   chex.assert_trees_all_close(normopt.igt_true_params(x, state), w,
