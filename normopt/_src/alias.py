@@ -74,6 +74,9 @@ def sngd(learning_rate: ScalarOrSchedule, weight_decay: float = 0.0,
          eps: float = 0.0) -> optax.GradientTransformation:
   """Stochastic normalized gradient descent: :func:`sngm` with ``β = 0``.
 
+  ``w ← w - η g/‖g‖``. The chain leaves the momentum buffer out (with β = 0
+  it only copies ``g``), which saves two of its six memory streams.
+
   Example:
     >>> import normopt
     >>> tx = normopt.sngd(0.1)
@@ -81,7 +84,12 @@ def sngd(learning_rate: ScalarOrSchedule, weight_decay: float = 0.0,
   References:
     SNGM paper (Zhao et al.), Sec. 4: SNGM with β = 0.
   """
-  return sngm(learning_rate, 0.0, weight_decay, eps)
+  _check_lr(learning_rate)
+  return optax.chain(
+      optax.add_decayed_weights(weight_decay),
+      normalize_global(eps),
+      optax.scale_by_learning_rate(learning_rate),
+  )
 
 
 def block_sngm(learning_rate: ScalarOrSchedule, beta: ScalarOrSchedule = 0.9,
