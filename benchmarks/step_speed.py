@@ -58,7 +58,8 @@ def small_leaves_shapes(n: int = 1000) -> list[tuple[int, ...]]:
 
 
 TREES = {"resnet50": resnet50_shapes, "transformer": transformer_shapes,
-         "small_leaves": small_leaves_shapes}
+         "small_leaves": small_leaves_shapes,
+         "tiny": lambda: [(16, 8), (8,), ()]}  # smoke runs only
 
 
 def make_tree(shapes, seed):
@@ -169,7 +170,8 @@ def table(rows) -> str:
 
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--trees", nargs="+", default=list(TREES),
+  parser.add_argument("--trees", nargs="+",
+                      default=["resnet50", "transformer", "small_leaves"],
                       choices=list(TREES))
   parser.add_argument("--reps", type=int, default=20)
   parser.add_argument("--only", nargs="*", default=None,

@@ -181,3 +181,15 @@ def test_increasing_batch_benchmark_writes_results(tmp_path):
   assert len(records) == 5
   assert all(0.0 <= r["test_accuracy"] <= 1.0 for r in records)
   assert (tmp_path / "curves.png").stat().st_size > 0
+
+
+def test_step_speed_smoke(tmp_path, capsys):
+  """Runs the benchmark on a tiny tree; checks the table, not the times."""
+  from benchmarks import step_speed
+  out = tmp_path / "rows.json"
+  step_speed.main(["--trees", "tiny", "--reps", "2", "--json", str(out)])
+  rows = json.loads(out.read_text())
+  methods = {r["method"] for r in rows}
+  assert {"sngm", "optax sngm chain", "lars", "optax.lars", "axpy"} <= methods
+  assert all(r["median_ms"] > 0 for r in rows)
+  assert "| tiny | sngm |" in capsys.readouterr().out
