@@ -210,12 +210,6 @@ def train_and_evaluate(config: Config, workdir: str | Path | None = None,
     logits = nnx.merge(graphdef, params)(x)
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
-  def example_norms(params, x, y):
-    grads = jax.vmap(jax.grad(loss_fn), in_axes=(None, 0, 0))(
-        params, x[:, None], y[:, None])
-    return jax.tree.map(lambda g: jnp.mean(jnp.sqrt(
-        jnp.sum(jnp.square(g.reshape(g.shape[0], -1)), axis=1))), grads)
-
   x_train, y_train = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
   x_test, y_test = jnp.asarray(dataset.x_test), jnp.asarray(dataset.y_test)
   batch = plan.pass_batch
@@ -242,10 +236,14 @@ def train_and_evaluate(config: Config, workdir: str | Path | None = None,
       xb, yb = x_train[idx], y_train[idx]
       if batch_sharding is not None:
         xb, yb = jax.lax.with_sharding_constraint((xb, yb), batch_sharding)
-      loss, grads = jax.value_and_grad(loss_fn)(params, xb, yb)
+      extra = {}
+      if needs_norms:  # CLARS: loss, gradient and per-example norms, one pass
+        loss, grads, norms = normopt.per_example_block_norms(
+            lambda p, b: loss_fn(p, *b), params, (xb, yb))
+        extra = {"per_example_norms": mean_over_replicas(norms)}
+      else:
+        loss, grads = jax.value_and_grad(loss_fn)(params, xb, yb)
       loss, grads = mean_over_replicas((loss, grads))
-      extra = ({"per_example_norms": mean_over_replicas(
-          example_norms(params, xb, yb))} if needs_norms else {})
       updates, opt_state = tx.update(grads, opt_state, params, **extra)
       return (optax.apply_updates(params, updates), opt_state), loss
 

@@ -27,6 +27,7 @@ from normopt._src.normalize import (
                                 normalize_global,
                                 normalize_per_block,
 )
+from normopt._src.per_example import per_example_block_norms
 from normopt._src.trust import TrustRatioState, exclude_bias_and_norm, trust_ratio
 
 __version__ = "0.1.0"
@@ -52,6 +53,7 @@ __all__ = (
     "normalize_per_block",
     "normalized_sgdm",
     "nshb",
+    "per_example_block_norms",
     "qh_combine",
     "qhm",
     "schedules",
