@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple, Union
 
 import jax
+import jax.numpy as jnp
 
 BlockSpec = Union[None, Any, Callable[[Any], Any]]
 
@@ -46,6 +47,13 @@ def to_tree(blocks: Blocks, values, tree):
   if blocks.labels is None:
     return jax.tree.unflatten(jax.tree.structure(tree), values)
   return dict(zip(blocks.labels, values))
+
+
+def filled(spec: BlockSpec, params, value: float, dtype):
+  """A block tree (see :func:`to_tree`) holding the scalar ``value``."""
+  resolved = resolve(spec, params)
+  scalar = jnp.full((), value, dtype)
+  return to_tree(resolved, [scalar] * len(resolved.groups), params)
 
 
 def from_tree(blocks: Blocks, block_tree) -> list:

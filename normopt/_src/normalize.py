@@ -120,10 +120,8 @@ def normalize_per_block(
   check_non_negative("eps", eps)
 
   def init_fn(params):
-    resolved = blocks_lib.resolve(blocks, params)
-    zero = jnp.zeros((), numerics.norm_dtype(params))
     return NormalizePerBlockState(
-        blocks_lib.to_tree(resolved, [zero] * len(resolved.groups), params))
+        blocks_lib.filled(blocks, params, 0.0, numerics.norm_dtype(params)))
 
   def update_fn(updates, state, params=None):
     del params

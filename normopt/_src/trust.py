@@ -106,10 +106,8 @@ def trust_ratio(
     check_non_negative("clip", clip)
 
   def init_fn(params):
-    resolved = blocks_lib.resolve(blocks, params)
-    one = jnp.ones((), numerics.norm_dtype(params))
     return TrustRatioState(
-        blocks_lib.to_tree(resolved, [one] * len(resolved.groups), params))
+        blocks_lib.filled(blocks, params, 1.0, numerics.norm_dtype(params)))
 
   def update_fn(updates, state, params=None, *, per_example_norms=None,
                 **extra_args):
