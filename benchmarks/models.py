@@ -8,16 +8,40 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+import normopt
+
+
+def _dense(x, kernel, bias, probes):
+  """``x @ kernel + bias``; with CLARS norm probes (a State like the layer's
+  params) it reports per-example gradient norms (normopt.probed_dense)."""
+  if probes is None:
+    return x @ kernel + bias
+  return normopt.probed_dense(x, kernel[...], bias[...], probes["kernel"][...],
+                              probes["bias"][...])
+
+
+def _linear(layer: nnx.Linear, x, probes):
+  return _dense(x, layer.kernel, layer.bias, probes)
+
+
+def _sub(probes, *keys):
+  for key in keys:
+    probes = None if probes is None else probes[key]
+  return probes
+
 
 class MLP(nnx.Module):
+  supports_probes = True
+
   def __init__(self, in_features: int, num_classes: int, *, rngs: nnx.Rngs,
                hidden: int = 256):
     self.hidden = nnx.Linear(in_features, hidden, rngs=rngs)
     self.out = nnx.Linear(hidden, num_classes, rngs=rngs)
 
-  def __call__(self, x):
+  def __call__(self, x, probes=None):
     x = x.reshape(x.shape[0], -1)
-    return self.out(jax.nn.relu(self.hidden(x)))
+    h = jax.nn.relu(_linear(self.hidden, x, _sub(probes, "hidden")))
+    return _linear(self.out, h, _sub(probes, "out"))
 
 
 class Conv1D(nnx.Module):
@@ -30,18 +54,20 @@ class Conv1D(nnx.Module):
     self.bias = nnx.Param(jnp.zeros((cout,)))
     self.width, self.stride = width, stride
 
-  def __call__(self, x):  # x: (B, L, C)
+  def __call__(self, x, probes=None):  # x: (B, L, C)
     pad = self.width // 2
     x = jnp.pad(x, ((0, 0), (pad, pad), (0, 0)))
     length = (x.shape[1] - self.width) // self.stride + 1
     idx = (self.stride * jnp.arange(length)[:, None]
            + jnp.arange(self.width)[None, :])
     patches = x[:, idx, :].reshape(x.shape[0], length, -1)
-    return patches @ self.kernel + self.bias
+    return _dense(patches, self.kernel, self.bias, probes)
 
 
 class CNN1D(nnx.Module):
   """3 strided conv layers of 32 channels + dense 128 + dense classes."""
+
+  supports_probes = True
 
   def __init__(self, length: int, num_classes: int, *, rngs: nnx.Rngs,
                channels: int = 32):
@@ -53,11 +79,12 @@ class CNN1D(nnx.Module):
     self.dense = nnx.Linear(length * channels, 128, rngs=rngs)
     self.out = nnx.Linear(128, num_classes, rngs=rngs)
 
-  def __call__(self, x):
-    for conv in self.convs:
-      x = jax.nn.relu(conv(x))
-    x = jax.nn.relu(self.dense(x.reshape(x.shape[0], -1)))
-    return self.out(x)
+  def __call__(self, x, probes=None):
+    for i, conv in enumerate(self.convs):
+      x = jax.nn.relu(conv(x, _sub(probes, "convs", i)))
+    x = jax.nn.relu(_linear(self.dense, x.reshape(x.shape[0], -1),
+                            _sub(probes, "dense")))
+    return _linear(self.out, x, _sub(probes, "out"))
 
 
 class _Block(nnx.Module):

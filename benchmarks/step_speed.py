@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import random
-import time
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +24,7 @@ import numpy as np
 import optax
 
 import normopt
+from benchmarks.timing import interleaved_medians
 
 LR, BETA = 0.1, 0.9
 
@@ -107,54 +106,39 @@ def _step_fn(tx, extra):
   return jax.jit(step, donate_argnums=(0, 1))
 
 
+class _Runner:
+  """A jitted step with donated params/state, advanced in place."""
+
+  def __init__(self, step, params0, tx, ref, streams):
+    self.fn, self.ref, self.streams = step, ref, streams
+    self.params = jax.tree.map(jnp.copy, params0)
+    self.state = tx.init(self.params) if tx is not None else None
+
+  def step(self, grads):
+    self.params, self.state = self.fn(self.params, self.state, grads)
+    return self.params, self.state
+
+
 def measure(tree: str, reps: int, only=None) -> list[dict]:
   shapes = TREES[tree]()
   grads = make_tree(shapes, 1)
-  runners = {}
   params0 = make_tree(shapes, 0)
+  runners = {}
   for name, (tx, ref, streams, extra) in candidates(params0).items():
-    if only and name not in only:
-      continue
-    step = _step_fn(tx, extra)
-    params = jax.tree.map(jnp.copy, params0)
-    state = tx.init(params)
-    params, state = step(params, state, grads)  # compile + warm up
-    jax.block_until_ready((params, state))
-    runners[name] = [step, params, state, ref, streams]
+    if not only or name in only:
+      runners[name] = _Runner(_step_fn(tx, extra), params0, tx, ref, streams)
   axpy = jax.jit(lambda w, g: jax.tree.map(lambda a, b: a - LR * b, w, g),
                  donate_argnums=0)
-  w = axpy(jax.tree.map(jnp.copy, params0), grads)
-  jax.block_until_ready(w)
-  times: dict[str, list[float]] = {name: [] for name in runners}
-  times["axpy"] = []
-  order = [*list(runners), "axpy"]
-  for _ in range(reps):
-    random.shuffle(order)
-    for name in order:
-      start = time.perf_counter()
-      if name == "axpy":
-        w = axpy(w, grads)
-        jax.block_until_ready(w)
-      else:
-        r = runners[name]
-        r[1], r[2] = r[0](r[1], r[2], grads)
-        jax.block_until_ready((r[1], r[2]))
-      times[name].append(time.perf_counter() - start)
-  med = {name: float(np.median(t)) for name, t in times.items()}
+  runners["axpy"] = _Runner(lambda w, _, g: (axpy(w, g), None), params0,
+                            None, None, 3)
+  med = interleaved_medians(
+      {name: (lambda r=r: r.step(grads)) for name, r in runners.items()}, reps)
   n_params = sum(int(np.prod(s)) for s in shapes)
-  rows = []
-  for name, (_, _, _, ref, streams) in runners.items():
-    rows.append({
-        "tree": tree, "leaves": len(shapes), "params": n_params,
-        "method": name, "median_ms": 1e3 * med[name],
-        "vs_axpy": med[name] / med["axpy"], "floor": streams / 3,
-        "vs_optax": (med[name] / med[ref]) if ref in med else None,
-        "optax_equivalent": ref})
-  rows.append({"tree": tree, "leaves": len(shapes), "params": n_params,
-               "method": "axpy", "median_ms": 1e3 * med["axpy"],
-               "vs_axpy": 1.0, "floor": 1.0, "vs_optax": None,
-               "optax_equivalent": None})
-  return rows
+  return [{"tree": tree, "leaves": len(shapes), "params": n_params,
+           "method": name, "median_ms": 1e3 * med[name],
+           "vs_axpy": med[name] / med["axpy"], "floor": r.streams / 3,
+           "vs_optax": (med[name] / med[r.ref]) if r.ref in med else None,
+           "optax_equivalent": r.ref} for name, r in runners.items()]
 
 
 def table(rows) -> str:

@@ -206,8 +206,13 @@ def train_and_evaluate(config: Config, workdir: str | Path | None = None,
   needs_norms = config.method == "clars"
   is_igt = config.method == "nigt"
 
-  def loss_fn(params, x, y):
-    logits = nnx.merge(graphdef, params)(x)
+  # CLARS norms from probes (one backward pass) where the model has probed
+  # layers; otherwise the exact vmap-of-grad path.
+  probed = getattr(model, "supports_probes", False)
+
+  def loss_fn(params, x, y, probes=None):
+    model = nnx.merge(graphdef, params)
+    logits = model(x, probes) if probes is not None else model(x)
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
   x_train, y_train = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
@@ -239,7 +244,8 @@ def train_and_evaluate(config: Config, workdir: str | Path | None = None,
       extra = {}
       if needs_norms:  # CLARS: loss, gradient and per-example norms, one pass
         loss, grads, norms = normopt.per_example_block_norms(
-            lambda p, b: loss_fn(p, *b), params, (xb, yb))
+            lambda p, b, *pr: loss_fn(p, *b, *pr), params, (xb, yb),
+            probed=probed)
         extra = {"per_example_norms": mean_over_replicas(norms)}
       else:
         loss, grads = jax.value_and_grad(loss_fn)(params, xb, yb)

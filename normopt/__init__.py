@@ -28,6 +28,7 @@ from normopt._src.normalize import (
                                 normalize_per_block,
 )
 from normopt._src.per_example import per_example_block_norms
+from normopt._src.probes import norm_probes, probed, probed_dense
 from normopt._src.trust import TrustRatioState, exclude_bias_and_norm, trust_ratio
 
 __version__ = "0.1.0"
@@ -49,11 +50,14 @@ __all__ = (
     "igt_true_params",
     "lars",
     "nigt",
+    "norm_probes",
     "normalize_global",
     "normalize_per_block",
     "normalized_sgdm",
     "nshb",
     "per_example_block_norms",
+    "probed",
+    "probed_dense",
     "qh_combine",
     "qhm",
     "schedules",

@@ -127,3 +127,123 @@ def test_bad_arguments():
   with pytest.raises(ValueError, match="leading axis"):
     normopt.per_example_block_norms(loss, params, {"x": batch["x"],
                                                    "y": batch["y"][:3]})
+
+
+def _unfold(x, width, stride):
+  """(B, L, C) -> (B, positions, width*C) patches, 'SAME'-style padding."""
+  pad = width // 2
+  x = jnp.pad(x, ((0, 0), (pad, pad), (0, 0)))
+  length = (x.shape[1] - width) // stride + 1
+  idx = stride * jnp.arange(length)[:, None] + jnp.arange(width)[None, :]
+  return x[:, idx, :].reshape(x.shape[0], length, -1)
+
+
+def unfold_loss(params, batch, probes=None):
+  """Two unfolded convolutions (per-example gradients: materialised, then
+  Gram branch), a LayerNorm-style scale through `probed`, a dense head."""
+  dense = (normopt.probed_dense if probes is not None else
+           lambda x, k, b, *_: x @ k + b)
+  pr = probes or {k: None for k in params}
+  x = batch["x"][..., None]
+  h = jnp.tanh(dense(_unfold(x, 3, 2), params["c1"], params["c1b"],
+                     pr["c1"], pr["c1b"]))         # T=8, in=3, out=16
+  h = jnp.tanh(dense(_unfold(h, 3, 2), params["c2"], params["c2b"],
+                     pr["c2"], pr["c2b"]))         # T=4, in=48, out=16
+  scale = lambda p, v: v * p  # noqa: E731
+  h = (normopt.probed(scale)(params["s"], h, pr["s"]) if probes is not None
+       else scale(params["s"], h))
+  pred = dense(h.reshape(h.shape[0], -1), params["head"], params["hb"],
+               pr["head"], pr["hb"])               # T=1: outer product
+  return jnp.mean((pred[:, 0] - batch["t"]) ** 2)
+
+
+def _unfold_problem(n=12, seed=1):
+  rng = np.random.default_rng(seed)
+  shapes = {"c1": (3, 16), "c1b": (16,), "c2": (48, 16), "c2b": (16,),
+            "s": (16,), "head": (64, 2), "hb": (2,)}
+  params = {k: jnp.asarray(rng.standard_normal(s)) for k, s in shapes.items()}
+  batch = {"x": jnp.asarray(rng.standard_normal((n, 16))),
+           "t": jnp.asarray(rng.standard_normal(n))}
+  return params, batch
+
+
+def _probed_mlp_loss(params, batch, probes):
+  h = jnp.tanh(normopt.probed_dense(batch["x"], params["w1"], params["b1"],
+                                    probes["w1"], probes["b1"]))
+  logits = normopt.probed_dense(h, params["w2"], params["b2"], probes["w2"],
+                                probes["b2"])
+  return jnp.mean(jax.nn.logsumexp(logits, -1)
+                  - jnp.take_along_axis(logits, batch["y"][:, None], 1)[:, 0])
+
+
+@pytest.mark.parametrize("kind", ["mlp", "unfold"])
+def test_probed_path_matches_per_example_loop(kind):
+  if kind == "mlp":
+    _, params, batch = _problem("mlp")
+    plain, probed = mlp_loss, _probed_mlp_loss
+  else:
+    params, batch = _unfold_problem()
+    plain, probed = unfold_loss, unfold_loss
+  got_loss, got_grads, got_norms = jax.jit(
+      lambda p, b: normopt.per_example_block_norms(probed, p, b, probed=True)
+  )(params, batch)
+  ref_loss, ref_grads, ref_norms = _loop_reference(plain, params, batch)
+  np.testing.assert_allclose(float(got_loss), ref_loss, rtol=1e-6)
+  for g, r in zip(jax.tree.leaves(got_grads), ref_grads):
+    np.testing.assert_allclose(np.asarray(g), r, rtol=1e-6, atol=1e-12)
+  np.testing.assert_allclose(np.asarray(jax.tree.leaves(got_norms)),
+                             ref_norms, rtol=1e-6)
+  # Same numbers as the exact path, also for labelled blocks.
+  labels = {k: k[0] for k in params}
+  _, _, exact = normopt.per_example_block_norms(plain, params, batch,
+                                                blocks=labels)
+  _, _, fast = normopt.per_example_block_norms(probed, params, batch,
+                                               blocks=labels, probed=True)
+  for k in exact:
+    np.testing.assert_allclose(float(fast[k]), float(exact[k]), rtol=1e-9)
+
+
+def test_probed_path_builds_no_per_example_model_gradients():
+  """Dense layers use ||a|| ||d|| and Gram matrices: no (B, in, out) array."""
+  _, params, batch = _problem("mlp", n=12)
+  jaxpr = jax.make_jaxpr(lambda p, b: normopt.per_example_block_norms(
+      _probed_mlp_loss, p, b, probed=True))(params, batch)
+  shapes = {tuple(getattr(v.aval, "shape", ())) for eqn in jaxpr.jaxpr.eqns
+            for v in eqn.outvars}
+  assert not shapes & {(12, 5, 7), (12, 7, 3)}
+
+
+def test_probed_path_errors_and_dtypes():
+  _, params, batch = _problem("mlp", n=12)
+
+  def forgets_b2(p, b, probes):
+    h = jnp.tanh(normopt.probed_dense(b["x"], p["w1"], p["b1"], probes["w1"],
+                                      probes["b1"]))
+    return jnp.mean(normopt.probed_dense(h, p["w2"], None, probes["w2"])
+                    + p["b2"])
+  with pytest.raises(ValueError, match=r"unused: \['b2'\]"):
+    normopt.per_example_block_norms(forgets_b2, params, batch, probed=True)
+  with pytest.raises(ValueError, match="chunk_size"):
+    normopt.per_example_block_norms(_probed_mlp_loss, params, batch,
+                                    probed=True, chunk_size=4)
+  with pytest.raises(ValueError, match="kernel_probe"):
+    normopt.probed_dense(batch["x"], params["w1"], None, jnp.zeros(3))
+  # bf16 params: gradients keep their dtype, norms are float32 and close.
+  low = jax.tree.map(lambda p: p.astype(jnp.bfloat16), params)
+  _, grads, norms = normopt.per_example_block_norms(
+      _probed_mlp_loss, low, jax.tree.map(lambda x: x, batch), probed=True)
+  assert all(g.dtype == jnp.bfloat16 for g in jax.tree.leaves(grads))
+  assert all(n.dtype == jnp.float32 for n in jax.tree.leaves(norms))
+  _, _, ref = normopt.per_example_block_norms(mlp_loss, params, batch)
+  np.testing.assert_allclose(np.asarray(jax.tree.leaves(norms)),
+                             np.asarray(jax.tree.leaves(ref)), rtol=0.05)
+
+
+def test_probed_sub_batch():
+  _, params, batch = _problem("mlp", n=12)
+  _, _, approx = normopt.per_example_block_norms(
+      _probed_mlp_loss, params, batch, probed=True, num_examples=4)
+  _, _, exact4 = normopt.per_example_block_norms(
+      mlp_loss, params, jax.tree.map(lambda x: x[:4], batch))
+  np.testing.assert_allclose(np.asarray(jax.tree.leaves(approx)),
+                             np.asarray(jax.tree.leaves(exact4)), rtol=1e-9)

@@ -193,3 +193,14 @@ def test_step_speed_smoke(tmp_path, capsys):
   assert {"sngm", "optax sngm chain", "lars", "optax.lars", "axpy"} <= methods
   assert all(r["median_ms"] > 0 for r in rows)
   assert "| tiny | sngm |" in capsys.readouterr().out
+
+
+def test_per_example_speed_smoke(tmp_path, capsys):
+  """Runs and prints its table; no timing is asserted."""
+  from benchmarks import per_example_speed
+  out = tmp_path / "rows.json"
+  per_example_speed.main(["--batch", "8", "--reps", "1", "--chunk", "4",
+                          "--json", str(out)])
+  assert "probed" in capsys.readouterr().out
+  assert {r["path"] for r in json.loads(out.read_text())} == {
+      "grad", "exact", "exact_chunked", "probed"}

@@ -71,18 +71,24 @@ def test_clars_uses_per_example_norms():
                                                    "b": jnp.ones(())})
 
 
-def test_clars_pmean_over_replicas():
+@pytest.mark.parametrize("kind", ["lars", "clars"])
+def test_axis_name_sums_norms_over_shards(kind):
+  """Each of 4 devices holds rows of w and g: same update as the whole tree."""
   n = 4
-  w = {"k": jnp.full((2, 2), 2.0)}
-  g = {"k": jnp.full((2, 2), 0.5)}
-  per_replica = {"k": jnp.arange(1.0, n + 1.0)}  # mean 2.5
-  tx = normopt.trust_ratio("clars", 1.0, mask=True, axis_name="d")
-  bcast = jax.tree.map(lambda x: jnp.broadcast_to(x, (n, *x.shape)), (g, w))
-  u, _ = jax.pmap(lambda g, w, m: tx.update(g, tx.init(w), w,
-                                            per_example_norms=m),
-                  axis_name="d", devices=jax.devices()[:n])(*bcast, per_replica)
-  np.testing.assert_allclose(u["k"], np.full((n, 2, 2), 0.5 * 4.0 / 2.5),
-                             rtol=1e-6)
+  rng = np.random.default_rng(0)
+  w = {"k": jnp.asarray(rng.standard_normal((8, 3)), jnp.float32)}
+  g = {"k": jnp.asarray(rng.standard_normal((8, 3)), jnp.float32)}
+  extra = {"per_example_norms": {"k": jnp.asarray(2.5)}} if kind == "clars" \
+      else {}
+  tx = normopt.trust_ratio(kind, 0.1, weight_decay=0.01, mask=True,
+                           axis_name="d")
+  whole, _ = normopt.trust_ratio(kind, 0.1, weight_decay=0.01,
+                                 mask=True).update(g, tx.init(w), w, **extra)
+  shard = lambda x: x.reshape(n, 2, 3)  # noqa: E731
+  u, _ = jax.pmap(lambda g, w: tx.update(g, tx.init(w), w, **extra),
+                  axis_name="d", devices=jax.devices()[:n])(
+                      jax.tree.map(shard, g), jax.tree.map(shard, w))
+  np.testing.assert_allclose(u["k"].reshape(8, 3), whole["k"], rtol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])

@@ -27,8 +27,8 @@ def _check_lr(learning_rate):
 
 
 def sngm(learning_rate: ScalarOrSchedule, beta: ScalarOrSchedule = 0.9,
-         weight_decay: float = 0.0, eps: float = 0.0
-         ) -> optax.GradientTransformation:
+         weight_decay: float = 0.0, eps: float = 0.0, *,
+         axis_name: str | None = None) -> optax.GradientTransformation:
   r"""Stochastic normalized gradient descent with momentum (SNGM).
 
   .. math::
@@ -44,6 +44,9 @@ def sngm(learning_rate: ScalarOrSchedule, beta: ScalarOrSchedule = 0.9,
     beta: momentum β in [0, 1) (paper default 0.9), or a schedule.
     weight_decay: L2 coefficient added to the gradient before normalizing.
     eps: added to the norm (see :func:`normalize_global`).
+    axis_name: the mapped axis (``pmap``/``shard_map``) over which each
+      leaf is sharded; squared norms are summed over it. Not for data
+      parallelism: there, average the gradients first (see README).
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -64,18 +67,20 @@ def sngm(learning_rate: ScalarOrSchedule, beta: ScalarOrSchedule = 0.9,
   _check_lr(learning_rate)
   return optax.chain(
       optax.add_decayed_weights(weight_decay),
-      normalize_global(eps),
+      normalize_global(eps, axis_name=axis_name),
       heavy_ball(beta),
       optax.scale_by_learning_rate(learning_rate),
   )
 
 
 def sngd(learning_rate: ScalarOrSchedule, weight_decay: float = 0.0,
-         eps: float = 0.0) -> optax.GradientTransformation:
+         eps: float = 0.0, *, axis_name: str | None = None
+         ) -> optax.GradientTransformation:
   """Stochastic normalized gradient descent: :func:`sngm` with ``β = 0``.
 
   ``w ← w - η g/‖g‖``. The chain leaves the momentum buffer out (with β = 0
   it only copies ``g``), which saves two of its six memory streams.
+  Arguments as for :func:`sngm`.
 
   Example:
     >>> import normopt
@@ -87,14 +92,15 @@ def sngd(learning_rate: ScalarOrSchedule, weight_decay: float = 0.0,
   _check_lr(learning_rate)
   return optax.chain(
       optax.add_decayed_weights(weight_decay),
-      normalize_global(eps),
+      normalize_global(eps, axis_name=axis_name),
       optax.scale_by_learning_rate(learning_rate),
   )
 
 
 def block_sngm(learning_rate: ScalarOrSchedule, beta: ScalarOrSchedule = 0.9,
                weight_decay: float = 0.0, eps: float = 0.0,
-               blocks: BlockSpec = None) -> optax.GradientTransformation:
+               blocks: BlockSpec = None, *, axis_name: str | None = None
+               ) -> optax.GradientTransformation:
   r"""Block-wise SNGM: each block normalized by its own norm.
 
   .. math::
@@ -108,6 +114,9 @@ def block_sngm(learning_rate: ScalarOrSchedule, beta: ScalarOrSchedule = 0.9,
     eps: added to each block norm.
     blocks: ``None`` (one block per leaf) or labels (see
       :func:`normalize_per_block`).
+    axis_name: the mapped axis (``pmap``/``shard_map``) over which each
+      leaf is sharded; squared norms are summed over it. Not for data
+      parallelism: there, average the gradients first (see README).
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -122,7 +131,7 @@ def block_sngm(learning_rate: ScalarOrSchedule, beta: ScalarOrSchedule = 0.9,
   _check_lr(learning_rate)
   return optax.chain(
       optax.add_decayed_weights(weight_decay),
-      normalize_per_block(eps, blocks),
+      normalize_per_block(eps, blocks, axis_name=axis_name),
       heavy_ball(beta),
       optax.scale_by_learning_rate(learning_rate),
   )
@@ -131,7 +140,7 @@ def block_sngm(learning_rate: ScalarOrSchedule, beta: ScalarOrSchedule = 0.9,
 def lars(learning_rate: ScalarOrSchedule, momentum: ScalarOrSchedule = 0.9,
          weight_decay: float = 0.0, trust_coefficient: float = 0.001,
          eps: float = 0.0, nesterov: bool = False, *,
-         mask: Mask = None,
+         mask: Mask = None, axis_name: str | None = None,
          ) -> optax.GradientTransformationExtraArgs:
   r"""Layer-wise adaptive rate scaling (LARS).
 
@@ -156,6 +165,9 @@ def lars(learning_rate: ScalarOrSchedule, momentum: ScalarOrSchedule = 0.9,
     nesterov: use Nesterov momentum.
     mask: which leaves get the trust ratio and weight decay (``None``:
       all but biases and normalization params; ``True``: all).
+    axis_name: the mapped axis (``pmap``/``shard_map``) over which each
+      leaf is sharded; squared norms are summed over it. Not for data
+      parallelism: there, average the gradients first (see README).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` (it needs ``params``).
@@ -170,7 +182,8 @@ def lars(learning_rate: ScalarOrSchedule, momentum: ScalarOrSchedule = 0.9,
   """
   _check_lr(learning_rate)
   return optax.chain(
-      trust_ratio("lars", trust_coefficient, eps, weight_decay, mask=mask),
+      trust_ratio("lars", trust_coefficient, eps, weight_decay, mask=mask,
+                  axis_name=axis_name),
       optax.scale_by_learning_rate(learning_rate),
       heavy_ball(momentum, nesterov),
   )
@@ -190,8 +203,9 @@ def clars(learning_rate: ScalarOrSchedule, momentum: ScalarOrSchedule = 0.9,
     \gamma_k = \eta\, k \frac{\|w_k\|}{\frac1B \sum_i \|\nabla_k f_i(w)\|} .
 
   ``update`` needs the extra argument ``per_example_norms`` (one scalar per
-  block, shaped like the params); ``axis_name`` averages them over data-
-  parallel replicas.
+  block, shaped like the params). Under data parallelism average them over
+  the replicas together with the gradients (one ``pmean`` of
+  ``(grads, norms)``) before ``update``.
 
   Args:
     learning_rate: η (``γ_scale``), a constant or an optax schedule.
@@ -201,7 +215,9 @@ def clars(learning_rate: ScalarOrSchedule, momentum: ScalarOrSchedule = 0.9,
     eps: added to the denominator.
     mask: which leaves get the trust ratio and weight decay (``None``:
       all but biases and normalization params; ``True``: all).
-    axis_name: data-parallel axis for averaging the per-example norms.
+    axis_name: the mapped axis (``pmap``/``shard_map``) over which each
+      leaf is sharded; squared norms are summed over it. Not for data
+      parallelism: there, average the gradients first (see README).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -225,7 +241,8 @@ def clars(learning_rate: ScalarOrSchedule, momentum: ScalarOrSchedule = 0.9,
 
 def normalized_sgdm(learning_rate: ScalarOrSchedule,
                     beta: ScalarOrSchedule = 0.9, weight_decay: float = 0.0,
-                    eps: float = 0.0) -> optax.GradientTransformation:
+                    eps: float = 0.0, *, axis_name: str | None = None
+                    ) -> optax.GradientTransformation:
   r"""Normalized SGD with momentum: normalize the EMA of the gradients.
 
   .. math::
@@ -237,6 +254,9 @@ def normalized_sgdm(learning_rate: ScalarOrSchedule,
     beta: β in [0, 1), or a schedule.
     weight_decay: L2 coefficient added to the gradient.
     eps: added to the norm.
+    axis_name: the mapped axis (``pmap``/``shard_map``) over which each
+      leaf is sharded; squared norms are summed over it. Not for data
+      parallelism: there, average the gradients first (see README).
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -253,14 +273,14 @@ def normalized_sgdm(learning_rate: ScalarOrSchedule,
   return optax.chain(
       optax.add_decayed_weights(weight_decay),
       heavy_ball(beta, ema=True, init="first"),
-      normalize_global(eps),
+      normalize_global(eps, axis_name=axis_name),
       optax.scale_by_learning_rate(learning_rate),
   )
 
 
 def nigt(learning_rate: ScalarOrSchedule, beta: ScalarOrSchedule = 0.9,
-         weight_decay: float = 0.0, eps: float = 0.0
-         ) -> optax.GradientTransformation:
+         weight_decay: float = 0.0, eps: float = 0.0, *,
+         axis_name: str | None = None) -> optax.GradientTransformation:
   r"""Normalized SGD with implicit gradient transport (NIGT).
 
   .. math::
@@ -277,6 +297,9 @@ def nigt(learning_rate: ScalarOrSchedule, beta: ScalarOrSchedule = 0.9,
     beta: β in [0, 1), or a schedule.
     weight_decay: L2 coefficient added to the gradient (taken at ``x_t``).
     eps: added to the norm.
+    axis_name: the mapped axis (``pmap``/``shard_map``) over which each
+      leaf is sharded; squared norms are summed over it. Not for data
+      parallelism: there, average the gradients first (see README).
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -292,7 +315,7 @@ def nigt(learning_rate: ScalarOrSchedule, beta: ScalarOrSchedule = 0.9,
   return optax.chain(
       optax.add_decayed_weights(weight_decay),
       heavy_ball(beta, ema=True, init="first"),
-      normalize_global(eps),
+      normalize_global(eps, axis_name=axis_name),
       optax.scale_by_learning_rate(learning_rate),
       igt_extrapolate(beta),
   )
@@ -315,6 +338,7 @@ class AdaptiveNigtState(NamedTuple):
 
 def adaptive_nigt(learning_rate: ScalarOrSchedule = 1.0,
                   gradient_bound: float = 1.0, weight_decay: float = 0.0,
+                  *, axis_name: str | None = None,
                   ) -> optax.GradientTransformationExtraArgs:
   r"""Adaptive normalized SGD with momentum and IGT (NIGT Alg. 2).
 
@@ -343,6 +367,9 @@ def adaptive_nigt(learning_rate: ScalarOrSchedule = 1.0,
     gradient_bound: :math:`\mathfrak{g}`, a bound on per-sample gradient norms.
     weight_decay: L2 coefficient added to ``g`` (not to the variance
       estimate, where it would cancel).
+    axis_name: the mapped axis (``pmap``/``shard_map``) over which each
+      leaf is sharded; squared norms are summed over it. Not for data
+      parallelism: there, average the gradients first (see README).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; params are ``x_t`` as for
@@ -373,7 +400,7 @@ def adaptive_nigt(learning_rate: ScalarOrSchedule = 1.0,
     return optax.chain(
         optax.add_decayed_weights(weight_decay),
         heavy_ball(lambda _: beta_now, ema=True),
-        normalize_global(),
+        normalize_global(axis_name=axis_name),
         optax.scale(-step_size),
         igt_extrapolate(lambda _: beta_next),
     )
@@ -405,7 +432,7 @@ def adaptive_nigt(learning_rate: ScalarOrSchedule = 1.0,
     out = jax.tree.map(lambda o, g: o.astype(g.dtype), out, updates)
     diff = jax.tree.map(lambda a, b: a - b.astype(a.dtype), jax.tree.leaves(
         updates), jax.tree.leaves(second_grads))
-    variance = numerics.global_norm(diff).astype(g_now.dtype) ** 2
+    variance = numerics.global_norm(diff, axis_name).astype(g_now.dtype) ** 2
     g_new = g_now + variance + gradient_bound ** 2 * (
         (t + 1.0) ** 0.25 - t ** 0.25)
     return out, AdaptiveNigtState(optax.safe_increment(state.count), g_now,

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from normopt._src import blocks as blocks_lib
 from normopt._src import numerics
+from normopt._src import probes as probes_lib
 
 
 def per_example_block_norms(
@@ -20,6 +21,7 @@ def per_example_block_norms(
     blocks: blocks_lib.BlockSpec = None,
     chunk_size: int | None = None,
     num_examples: int | None = None,
+    probed: bool = False,
 ) -> tuple[jax.Array, Any, Any]:
   r"""Mean loss, mean gradient and the mean per-example gradient norm per block.
 
@@ -30,10 +32,20 @@ def per_example_block_norms(
   the mean gradient come out of the same pass, so a training step pays for
   one pass, not two.
 
-  Memory: per-example gradients are materialised for ``chunk_size`` examples
-  at a time (``lax.map`` over chunks), so the peak extra memory is about
-  ``chunk_size x`` the size of the params. Norms are accumulated in float32
-  or wider (plain sum of squares per example).
+  Two paths compute the same numbers:
+
+  * exact (default): ``vmap`` of ``grad`` over the examples;
+  * ``probed=True``: ``loss_fn(params, batch, probes)`` routes every leaf
+    through a probed layer (:func:`probed_dense`, :func:`probed`), so the
+    norms come out of one ordinary backward pass (outer-product and Gram
+    identities for dense and unfolded convolution layers) without forming
+    per-example gradients of the whole model. ``loss_fn`` must then be the
+    mean over the examples of the batch.
+
+  Memory (exact path): per-example gradients are materialised for
+  ``chunk_size`` examples at a time (``lax.map`` over chunks), so the peak
+  extra memory is about ``chunk_size x`` the size of the params. Norms are
+  accumulated in float32 or wider (plain sum of squares per example).
 
   Args:
     loss_fn: ``loss_fn(params, batch) -> scalar mean loss`` over a batch whose
@@ -46,6 +58,9 @@ def per_example_block_norms(
     num_examples: the CLARS paper's sub-batch approximation: estimate the
       norms from the first ``num_examples`` examples only (the loss and
       gradient still use the whole batch, by one ordinary ``grad``).
+    probed: use the probe path; ``loss_fn`` takes ``probes`` (a tree like
+      the params of ``(B,)`` vectors) as a third argument. Raises a
+      ``ValueError`` naming any leaf whose probe the loss does not use.
 
   Returns:
     ``(loss, grads, norms)``: the mean loss, the mean gradient (like
@@ -76,11 +91,19 @@ def per_example_block_norms(
     if not 0 < num_examples <= size:
       raise ValueError(f"num_examples must be in [1, {size}], got "
                        f"{num_examples}")
-    loss, grads = jax.value_and_grad(loss_fn)(params, batch)
+    full = (lambda p, b: loss_fn(p, b, probes_lib.norm_probes(p, size))
+            ) if probed else loss_fn
+    loss, grads = jax.value_and_grad(full)(params, batch)
     subset = jax.tree.map(lambda x: x[:num_examples], batch)
     _, _, norms = per_example_block_norms(loss_fn, params, subset,
-                                          blocks=blocks, chunk_size=None)
+                                          blocks=blocks, chunk_size=chunk_size,
+                                          probed=probed)
     return loss, grads, norms
+  if probed:
+    if chunk_size is not None:
+      raise ValueError("chunk_size applies to the exact path only; the probe "
+                       "path needs no per-example gradients of the model")
+    return _probed_norms(loss_fn, params, batch, size, resolved)
   chunk = size if chunk_size is None else chunk_size
   if chunk < 1 or size % chunk:
     raise ValueError(f"chunk_size must divide the batch size {size}, got "
@@ -109,3 +132,31 @@ def per_example_block_norms(
                        grads, params)
   norms = jnp.sum(norms, 0) / size
   return loss, grads, blocks_lib.to_tree(resolved, list(norms), params)
+
+
+def _unused_inputs(fn, *args) -> list[int]:
+  """Flat indices of the inputs of ``fn(*args)`` that its jaxpr never reads."""
+  closed = jax.make_jaxpr(fn)(*args)
+  used = {id(v) for eqn in closed.jaxpr.eqns for v in eqn.invars}
+  used |= {id(v) for v in closed.jaxpr.outvars}
+  return [i for i, v in enumerate(closed.jaxpr.invars) if id(v) not in used]
+
+
+def _probed_norms(loss_fn, params, batch, size, resolved):
+  probes = probes_lib.norm_probes(params, size)
+  unused = _unused_inputs(lambda pr: loss_fn(params, batch, pr), probes)
+  if unused:
+    paths = [jax.tree_util.keystr(path) for path, _ in
+             jax.tree_util.tree_flatten_with_path(probes)[0]]
+    raise ValueError(
+        "probed=True needs every param leaf routed through a probed layer "
+        "(normopt.probed_dense / normopt.probed); these probes are unused: "
+        + ", ".join(paths[i] for i in unused))
+  loss, (grads, sq) = jax.value_and_grad(loss_fn, argnums=(0, 2))(
+      params, batch, probes)
+  sq = jax.tree.leaves(sq)
+  # The probes hold ||grad of (f_i / B)||^2: scale back to ||grad f_i||.
+  norms = [size * jnp.mean(jnp.sqrt(sum((sq[i] for i in group[1:]),
+                                        sq[group[0]])))
+           for group in resolved.groups]
+  return loss, grads, blocks_lib.to_tree(resolved, norms, params)

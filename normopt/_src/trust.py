@@ -77,8 +77,10 @@ def trust_ratio(
       such tree. (The default is ``None`` rather than the function so that
       ``optax.inject_hyperparams`` does not mistake it for a schedule.)
     blocks: block specification (see :func:`normalize_per_block`).
-    axis_name: for ``"clars"`` under data parallelism, the per-example norms
-      are averaged (``pmean``) over this axis.
+    axis_name: the mapped axis over which each leaf is sharded: squared
+      norms of ``w`` (and ``g`` for LARS) are summed over it. CLARS's
+      ``per_example_norms`` are already whole-model values: under data
+      parallelism average them with the gradients before ``update``.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; it needs ``params``.
@@ -124,12 +126,12 @@ def trust_ratio(
     if kind == "lars":  # weight and gradient norms in one reduction
       n = len(w_leaves)
       norms = numerics.block_norms(
-          w_leaves + g_leaves, groups + [[i + n for i in g] for g in groups])
+          w_leaves + g_leaves, groups + [[i + n for i in g] for g in groups],
+          axis_name)
       w_norm, denominator = norms[:len(groups)], norms[len(groups):]
     else:
-      w_norm = numerics.block_norms(w_leaves, groups)
-      denominator = _mean_example_norms(per_example_norms, resolved, selected,
-                                        axis_name)
+      w_norm = numerics.block_norms(w_leaves, groups, axis_name)
+      denominator = _mean_example_norms(per_example_norms, resolved, selected)
     denominator = denominator.astype(w_norm.dtype)
     total = denominator + weight_decay * w_norm + eps
     ratio = jnp.where(w_norm > 0, trust_coefficient * w_norm, trust_coefficient)
@@ -168,7 +170,7 @@ def _selected_blocks(mask: Mask, params, resolved) -> list[bool]:
   return [all(flags[i] for i in g) for g in resolved.groups]
 
 
-def _mean_example_norms(per_example_norms, resolved, selected, axis_name):
+def _mean_example_norms(per_example_norms, resolved, selected):
   if per_example_norms is None:
     raise ValueError(
         "trust_ratio(kind='clars') needs the mean per-example gradient norm "
@@ -184,7 +186,4 @@ def _mean_example_norms(per_example_norms, resolved, selected, axis_name):
     if v.shape != ():
       raise ValueError(
           f"per_example_norms must hold one scalar per block, got shape {v.shape}")
-  stacked = jnp.stack(values) if values else jnp.zeros((0,))
-  if axis_name is not None:
-    stacked = jax.lax.pmean(stacked, axis_name)
-  return stacked
+  return jnp.stack(values) if values else jnp.zeros((0,))
