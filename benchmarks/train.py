@@ -48,7 +48,9 @@ class Config:
   epochs: int = 20
   seed: int = 0
   train_subset: int | None = None  # use only the first N training examples
-  parallel: str = "none"  # none | pmap | mesh (data parallel, all devices)
+  # none | pmap | mesh (data parallel, all devices) | sharded (mesh, with
+  # params and optimizer state sharded across the devices, FSDP-style)
+  parallel: str = "none"
   # Growing batch (QHM paper): batch_size * batch_growth^⌊epoch/growth_interval⌋
   # capped at max_batch, realised by accumulating micro_batch-sized passes.
   micro_batch: int | None = None
@@ -155,9 +157,9 @@ def make_plan(config: Config, n: int) -> Plan:
   if config.batch_size > n:
     raise ValueError(f"batch_size {config.batch_size} exceeds the {n} "
                      "training examples")
-  if config.parallel not in ("none", "pmap", "mesh"):
+  if config.parallel not in ("none", "pmap", "mesh", "sharded"):
     raise ValueError(f"unknown parallel mode {config.parallel!r}; choose "
-                     "none, pmap or mesh")
+                     "none, pmap, mesh or sharded")
   devices = 1 if config.parallel == "none" else jax.local_device_count()
   pass_batch = config.micro_batch or config.batch_size
   if pass_batch % devices:
@@ -180,6 +182,15 @@ def make_plan(config: Config, n: int) -> Plan:
               schedules.step_to_epoch(used, batch, config.epochs), batch)
 
 
+def _fsdp_sharding(mesh, shape) -> NamedSharding:
+  """Shards the first axis of ``shape`` that the mesh size divides."""
+  n = mesh.shape["data"]
+  for axis, size in enumerate(shape):
+    if size % n == 0:
+      return NamedSharding(mesh, PartitionSpec(*[None] * axis, "data"))
+  return NamedSharding(mesh, PartitionSpec())
+
+
 def train_and_evaluate(config: Config, workdir: str | Path | None = None,
                        progress: bool = False) -> dict:
   """Trains ``config.model`` with ``config.method``; returns the metrics.
@@ -190,7 +201,10 @@ def train_and_evaluate(config: Config, workdir: str | Path | None = None,
   trained params are under ``params``. ``config.parallel="pmap"`` trains
   data parallel over all local devices (gradients ``pmean``-ed before the
   optimizer); ``"mesh"`` does the same with ``jit`` over a ``'data'`` device
-  mesh (``NamedSharding``), where GSPMD inserts the all-reduce.
+  mesh (``NamedSharding``), where GSPMD inserts the all-reduce; ``"sharded"``
+  also splits every param and optimizer-state leaf across the mesh (its
+  first axis the device count divides), so each device stores a slice and
+  GSPMD turns the optimizer's norms into cross-device reductions.
   """
   dataset = data_lib.load(config.dataset, config.data_dir, config.num_samples)
   if config.train_subset is not None:
@@ -222,13 +236,19 @@ def train_and_evaluate(config: Config, workdir: str | Path | None = None,
   pmap = config.parallel == "pmap"
   devices = jax.local_device_count() if pmap else 1
   batch_sharding = None
-  if config.parallel == "mesh":
+  place = None
+  if config.parallel in ("mesh", "sharded"):
     # jit over a 'data' mesh: the batch is split across devices, params are
     # replicated, and GSPMD inserts the gradient all-reduce itself.
     mesh = jax.make_mesh((jax.local_device_count(),), ("data",),
                          axis_types=(AxisType.Auto,))
     batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
     replicated = NamedSharding(mesh, PartitionSpec())
+
+    def place(tree):  # where params and optimizer state live on the mesh
+      if config.parallel == "mesh":
+        return jax.tree.map(lambda _: replicated, tree)
+      return jax.tree.map(lambda x: _fsdp_sharding(mesh, jnp.shape(x)), tree)
 
   def mean_over_replicas(tree):
     # Data parallel: average gradients (and CLARS norms) *before* the
@@ -254,6 +274,9 @@ def train_and_evaluate(config: Config, workdir: str | Path | None = None,
       return (optax.apply_updates(params, updates), opt_state), loss
 
     (params, opt_state), losses = jax.lax.scan(step, (params, opt_state), order)
+    if place is not None:
+      params, opt_state = jax.lax.with_sharding_constraint(
+          (params, opt_state), place((params, opt_state)))
     return params, opt_state, jnp.mean(losses)
 
   body = (jax.pmap(epoch_body, axis_name="data") if pmap
@@ -294,8 +317,9 @@ def train_and_evaluate(config: Config, workdir: str | Path | None = None,
     params, opt_state = jax.tree.map(
         lambda x: jnp.broadcast_to(x, (devices, *jnp.shape(x))),
         (params, opt_state))
-  if batch_sharding is not None:
-    params, opt_state = jax.device_put((params, opt_state), replicated)
+  if place is not None:
+    params, opt_state = jax.device_put((params, opt_state),
+                                       place((params, opt_state)))
   start = time.perf_counter()
   last = config.epochs if config.stop_after is None else min(
       config.stop_after, config.epochs)

@@ -15,6 +15,7 @@ from normopt._src.alias import (
                                 sngd,
                                 sngm,
 )
+from normopt._src.distributed import assert_replicated
 from normopt._src.extrapolate import (
                                 IgtExtrapolateState,
                                 igt_extrapolate,
@@ -42,6 +43,7 @@ __all__ = (
     "QhCombineState",
     "TrustRatioState",
     "adaptive_nigt",
+    "assert_replicated",
     "block_sngm",
     "clars",
     "exclude_bias_and_norm",

@@ -38,7 +38,7 @@ def test_cli_cnn1d_on_small_mnist1d(tmp_path, capsys):
   assert json.loads((tmp_path / "metrics.json").read_text())["model"] == "cnn1d"
 
 
-@pytest.mark.parametrize("parallel", ["pmap", "mesh"])
+@pytest.mark.parametrize("parallel", ["pmap", "mesh", "sharded"])
 @pytest.mark.parametrize("method", ["sngm", "clars", "nigt"])
 def test_data_parallel_equals_one_device(method, parallel):
   """8 forced CPU devices (conftest) give the single-device parameters."""
@@ -48,9 +48,12 @@ def test_data_parallel_equals_one_device(method, parallel):
               epochs=2, learning_rate=0.05, trust_coefficient=0.01)
   one = train.train_and_evaluate(train.Config(**base))
   many = train.train_and_evaluate(train.Config(**base, parallel=parallel))
-  if parallel == "mesh":  # the run really was spread over the mesh
-    leaf = jax.tree.leaves(many["params"])[0]
-    assert len(leaf.sharding.device_set) == 8
+  if parallel != "pmap":  # the run really was spread over the mesh
+    kernel = many["params"]["hidden"]["kernel"][...]  # (64, 256)
+    assert len(kernel.sharding.device_set) == 8
+    # sharded: each device stores 1/8 of it; mesh: a full copy.
+    shard_rows = kernel.addressable_shards[0].data.shape[0]
+    assert shard_rows == (8 if parallel == "sharded" else 64)
   chex.assert_trees_all_close(many["params"], one["params"], rtol=1e-5,
                               atol=1e-6)
 
