@@ -4,9 +4,9 @@ the extra arguments its ``update`` needs."""
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 
 import normopt
+from normopt._src import numerics
 
 # name -> (factory, keyword arguments used by the shared suite)
 ALIASES = {
@@ -38,7 +38,7 @@ def extra_args(name, grads, params, second_grads=None, example_norms=None):
   del params
   if name == "clars":
     if example_norms is None:  # a valid stand-in: the block norms of g
-      example_norms = jax.tree.map(lambda g: jnp.linalg.norm(g.ravel()), grads)
+      example_norms = jax.tree.map(lambda g: numerics.global_norm([g]), grads)
     return {"per_example_norms": example_norms}
   if name == "adaptive_nigt":
     if second_grads is None:

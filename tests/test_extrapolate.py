@@ -6,8 +6,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 import normopt
 from tests import reference, trees
@@ -78,19 +76,3 @@ def test_bad_beta_and_missing_params():
   tx = normopt.igt_extrapolate(0.5)
   with pytest.raises(ValueError, match="params"):
     tx.update(jnp.ones(2), tx.init(jnp.ones(2)))
-
-
-@given(st.floats(0.0, 0.95), st.integers(0, 2**31 - 1))
-def test_property_helper_inverts_extrapolation(beta, seed):
-  rng = np.random.default_rng(seed)
-  w = trees.random_tree(rng)
-  tx = normopt.igt_extrapolate(beta)
-  state = tx.init(w)
-  x = w
-  for _ in range(3):
-    step = trees.random_tree(rng, scale=0.1)
-    u, state = tx.update(step, state, x)
-    x = optax.apply_updates(x, u)
-    w = optax.apply_updates(w, step)
-  chex.assert_trees_all_close(normopt.igt_true_params(x, state), w,
-                              rtol=1e-4, atol=1e-4)

@@ -91,18 +91,6 @@ def test_bad_hyperparameters_name_the_argument():
     normopt.heavy_ball(0.5, init="ones")
 
 
-@given(st.floats(0.0, 0.99), st.integers(0, 2**31 - 1))
-def test_property_qh_reductions(beta, seed):
-  grads = _grads("float32", n=5, seed=seed)
-  # nu = 0: identity.
-  for u, g in zip(_run(normopt.qh_combine(beta, 0.0), grads), grads):
-    chex.assert_trees_all_close(u, g, rtol=1e-6)
-  # nu = 1: the EMA, i.e. heavy_ball(ema=True).
-  ema = _run(normopt.heavy_ball(beta, ema=True), grads)
-  for u, e in zip(_run(normopt.qh_combine(beta, 1.0), grads), ema):
-    chex.assert_trees_all_close(u, e, rtol=1e-5, atol=1e-6)
-
-
 @given(st.floats(0.0, 0.99), st.floats(0.1, 10.0), st.integers(0, 2**31 - 1))
 def test_property_heavy_ball_linear_and_ema_scaling(beta, c, seed):
   grads = _grads("float32", n=5, seed=seed)

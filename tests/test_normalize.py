@@ -147,13 +147,15 @@ def test_bad_arguments():
     normopt.normalize_per_block(blocks={"a": "x"}).init(g)
 
 
+_GLOBAL = normopt.normalize_global()
+_UPDATE = jax.jit(_GLOBAL.update)
+
+
 @given(st.floats(1e-20, 1e20), st.integers(0, 2**31 - 1))
 def test_property_scale_invariance_and_unit_norm(c, seed):
   g = trees.random_tree(np.random.default_rng(seed))
-  tx = normopt.normalize_global()
-  update = jax.jit(tx.update)
-  u1, _ = update(g, tx.init(g))
-  u2, _ = update(jax.tree.map(lambda x: x * c, g), tx.init(g))
+  u1, _ = _UPDATE(g, _GLOBAL.init(g))
+  u2, _ = _UPDATE(jax.tree.map(lambda x: x * c, g), _GLOBAL.init(g))
   chex.assert_trees_all_close(u1, u2, rtol=2e-5, atol=1e-7)
   assert reference.norm(trees.blocks(u1)) == pytest.approx(1.0, rel=1e-5)
 

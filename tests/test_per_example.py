@@ -247,3 +247,22 @@ def test_probed_sub_batch():
       mlp_loss, params, jax.tree.map(lambda x: x[:4], batch))
   np.testing.assert_allclose(np.asarray(jax.tree.leaves(approx)),
                              np.asarray(jax.tree.leaves(exact4)), rtol=1e-9)
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e30])
+def test_norms_exact_at_any_magnitude_in_float32(scale):
+  """Squares of 1e30 overflow float32 and of 1e-30 underflow: both paths
+  rescue and give scale x the unscaled norms."""
+  with jax.enable_x64(False):
+    _, params, batch = _problem("mlp")
+    params = jax.tree.map(lambda x: x.astype(jnp.float32), params)
+    batch = {"x": batch["x"].astype(jnp.float32), "y": batch["y"]}
+    scaled = lambda p, b, *pr: scale * (  # noqa: E731
+        _probed_mlp_loss(p, b, *pr) if pr else mlp_loss(p, b))
+    _, _, want = normopt.per_example_block_norms(mlp_loss, params, batch)
+    for probed in (False, True):
+      _, _, got = normopt.per_example_block_norms(scaled, params, batch,
+                                                  probed=probed)
+      np.testing.assert_allclose(
+          np.asarray(jax.tree.leaves(got), np.float64) / scale,
+          np.asarray(jax.tree.leaves(want), np.float64), rtol=1e-5)

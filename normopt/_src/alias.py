@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from normopt._src import blocks as blocks_lib
 from normopt._src import numerics
 from normopt._src.blocks import BlockSpec
 from normopt._src.extrapolate import igt_extrapolate
@@ -22,8 +23,9 @@ from normopt._src.normalize import normalize_global, normalize_per_block
 from normopt._src.trust import Mask, trust_ratio
 
 
-def _check_lr(learning_rate):
+def _check_lr(learning_rate, weight_decay):
   check_non_negative("learning_rate", learning_rate)
+  check_non_negative("weight_decay", weight_decay)
 
 
 def sngm(learning_rate: ScalarOrSchedule, beta: ScalarOrSchedule = 0.9,
@@ -64,7 +66,7 @@ def sngm(learning_rate: ScalarOrSchedule, beta: ScalarOrSchedule = 0.9,
     Normalized Gradient Descent*, Sci. China Inf. Sci. 2021 (arXiv
     2020), Alg. 1.
   """
-  _check_lr(learning_rate)
+  _check_lr(learning_rate, weight_decay)
   return optax.chain(
       optax.add_decayed_weights(weight_decay),
       normalize_global(eps, axis_name=axis_name),
@@ -89,7 +91,7 @@ def sngd(learning_rate: ScalarOrSchedule, weight_decay: float = 0.0,
   References:
     SNGM paper (Zhao et al.), Sec. 4: SNGM with β = 0.
   """
-  _check_lr(learning_rate)
+  _check_lr(learning_rate, weight_decay)
   return optax.chain(
       optax.add_decayed_weights(weight_decay),
       normalize_global(eps, axis_name=axis_name),
@@ -128,7 +130,7 @@ def block_sngm(learning_rate: ScalarOrSchedule, beta: ScalarOrSchedule = 0.9,
   References:
     SNGM paper (Zhao et al.), eq. (13)-(14) and Theorem 3.
   """
-  _check_lr(learning_rate)
+  _check_lr(learning_rate, weight_decay)
   return optax.chain(
       optax.add_decayed_weights(weight_decay),
       normalize_per_block(eps, blocks, axis_name=axis_name),
@@ -180,7 +182,8 @@ def lars(learning_rate: ScalarOrSchedule, momentum: ScalarOrSchedule = 0.9,
     You, Gitman, Ginsburg, *Large Batch Training of Convolutional Networks*,
     2017; CLARS paper (Huo et al.), eq. (3).
   """
-  _check_lr(learning_rate)
+  _check_lr(learning_rate, weight_decay)
+  check_in_range("momentum", momentum, 0.0, 1.0, high_inclusive=False)
   return optax.chain(
       trust_ratio("lars", trust_coefficient, eps, weight_decay, mask=mask,
                   axis_name=axis_name),
@@ -230,7 +233,8 @@ def clars(learning_rate: ScalarOrSchedule, momentum: ScalarOrSchedule = 0.9,
     Huo, Gu, Huang, *Large Batch Optimization for Deep Learning Using New
     Complete Layer-wise Adaptive Rate Scaling*, AAAI 2021, Alg. 1, eq. (4)-(5).
   """
-  _check_lr(learning_rate)
+  _check_lr(learning_rate, weight_decay)
+  check_in_range("momentum", momentum, 0.0, 1.0, high_inclusive=False)
   return optax.chain(
       trust_ratio("clars", trust_coefficient, eps, weight_decay, mask=mask,
                   axis_name=axis_name),
@@ -269,7 +273,7 @@ def normalized_sgdm(learning_rate: ScalarOrSchedule,
     Cutkosky & Mehta, *Momentum Improves Normalized SGD*, ICML 2020,
     eq. (2)-(3) and Theorem 1.
   """
-  _check_lr(learning_rate)
+  _check_lr(learning_rate, weight_decay)
   return optax.chain(
       optax.add_decayed_weights(weight_decay),
       heavy_ball(beta, ema=True, init="first"),
@@ -311,7 +315,7 @@ def nigt(learning_rate: ScalarOrSchedule, beta: ScalarOrSchedule = 0.9,
   References:
     Cutkosky & Mehta, *Momentum Improves Normalized SGD*, ICML 2020, Alg. 1.
   """
-  _check_lr(learning_rate)
+  _check_lr(learning_rate, weight_decay)
   return optax.chain(
       optax.add_decayed_weights(weight_decay),
       heavy_ball(beta, ema=True, init="first"),
@@ -383,18 +387,21 @@ def adaptive_nigt(learning_rate: ScalarOrSchedule = 1.0,
     Cutkosky & Mehta, *Momentum Improves Normalized SGD*, ICML 2020, Alg. 2
     and Theorem 4.
   """
-  _check_lr(learning_rate)
+  _check_lr(learning_rate, weight_decay)
   check_in_range("gradient_bound", gradient_bound, 1e-30, float("inf"),
                  high_inclusive=False)
-  check_non_negative("weight_decay", weight_decay)
   c_const = (7.0 / (26.0 * gradient_bound ** (6.0 / 7.0))) ** 0.5
   d_const = c_const ** (-14.0 / 3.0)
+  log_c = jnp.log(c_const)
 
-  def eta(g, t):  # η_t from G_t at 1-based step t
-    return c_const / (g ** 2 * (t + 1.0) ** 3) ** (1.0 / 7.0)
+  # In logs, so that G (a sum of squared gradient norms, kept finite by
+  # clamping at the dtype's max) never makes inf/inf or 0*inf.
+  def log_eta(g, t):  # log η_t from G_t at 1-based step t
+    return log_c - (2.0 * jnp.log(g) + 3.0 * jnp.log(t + 1.0)) / 7.0
 
-  def alpha(g_prev, t):  # α_t from G_{t-1} (η_{t-1} uses t - 1)
-    return 1.0 / (t * eta(g_prev, t - 1.0) ** 2 * g_prev)
+  def alpha(g_prev, t):  # α_t = 1/(t η_{t-1}² G_{t-1}) <= t^(-1/7) <= 1
+    log_alpha = -jnp.log(t) - 2.0 * log_eta(g_prev, t - 1.0) - jnp.log(g_prev)
+    return jnp.minimum(jnp.exp(log_alpha), 1.0)
 
   def chain(beta_now, beta_next, step_size):
     return optax.chain(
@@ -420,21 +427,27 @@ def adaptive_nigt(learning_rate: ScalarOrSchedule = 1.0,
       raise ValueError(
           "adaptive_nigt needs a second, independent gradient at the same "
           "point: update(g, state, params, second_grads=g2)")
-    if jax.tree.structure(second_grads) != jax.tree.structure(updates):
-      raise ValueError("second_grads must have the structure of the updates")
+    second_grads = blocks_lib.drop_masked(second_grads, updates)
+    if jax.tree.structure(second_grads) != jax.tree.structure(updates) or any(
+        jnp.shape(a) != jnp.shape(b) for a, b in zip(
+            jax.tree.leaves(second_grads), jax.tree.leaves(updates))):
+      raise ValueError("second_grads must have the structure and leaf shapes "
+                       "of the updates")
     t = state.count.astype(state.current_g.dtype) + 1.0
     g_prev, g_now = state.previous_g, state.current_g
     beta_now = 1.0 - alpha(g_prev, t)
     beta_next = 1.0 - alpha(g_now, t + 1.0)
-    step_size = evaluate(learning_rate, state.count) * eta(g_now, t)
+    step_size = evaluate(learning_rate, state.count) * jnp.exp(
+        log_eta(g_now, t))
     out, inner = chain(beta_now, beta_next, step_size).update(
         updates, state.inner, params)
     out = jax.tree.map(lambda o, g: o.astype(g.dtype), out, updates)
     diff = jax.tree.map(lambda a, b: a - b.astype(a.dtype), jax.tree.leaves(
         updates), jax.tree.leaves(second_grads))
     variance = numerics.global_norm(diff, axis_name).astype(g_now.dtype) ** 2
-    g_new = g_now + variance + gradient_bound ** 2 * (
-        (t + 1.0) ** 0.25 - t ** 0.25)
+    g_new = jnp.minimum(
+        g_now + variance + gradient_bound ** 2 * ((t + 1.0) ** 0.25 - t ** 0.25),
+        jnp.finfo(g_now.dtype).max)
     return out, AdaptiveNigtState(optax.safe_increment(state.count), g_now,
                                   g_new, inner)
 
@@ -473,7 +486,7 @@ def qhm(learning_rate: ScalarOrSchedule, beta: ScalarOrSchedule = 0.9,
     ICLR 2019; Kamo & Iiduka, mini-batch QHM with increasing batch size,
     Alg. 1.
   """
-  _check_lr(learning_rate)
+  _check_lr(learning_rate, weight_decay)
   return optax.chain(
       optax.add_decayed_weights(weight_decay),
       qh_combine(beta, nu),

@@ -13,6 +13,7 @@ from typing import Any, NamedTuple, Union
 
 import jax
 import jax.numpy as jnp
+import optax
 
 BlockSpec = Union[None, Any, Callable[[Any], Any]]
 
@@ -61,3 +62,26 @@ def from_tree(blocks: Blocks, block_tree) -> list:
   if blocks.labels is None:
     return jax.tree.leaves(block_tree)
   return [block_tree[label] for label in blocks.labels]
+
+
+def _is_masked(x) -> bool:
+  return isinstance(x, optax.MaskedNode)
+
+
+def drop_masked(tree, like):
+  """``tree`` with ``optax.MaskedNode`` wherever ``like`` has one.
+
+  Inside ``optax.masked`` the updates and params hold ``MaskedNode`` for the
+  masked-out leaves but extra ``update`` arguments (CLARS's norms, adaptive
+  NIGT's second gradient) arrive whole; this drops the same entries from
+  them. A ``tree`` that is not shaped like ``like`` is returned unchanged.
+  """
+  flags, treedef = jax.tree.flatten(like, is_leaf=_is_masked)
+  if tree is None or not any(_is_masked(f) for f in flags):
+    return tree
+  try:
+    entries = treedef.flatten_up_to(tree)
+  except (ValueError, TypeError):
+    return tree
+  return jax.tree.unflatten(treedef, [f if _is_masked(f) else e
+                                      for f, e in zip(flags, entries)])

@@ -4,8 +4,10 @@ Every reduction in normopt goes through :func:`block_norms`:
 
 * the squared norm of each leaf is accumulated in ``promote(leaf.dtype, f32)``
   (float32 for bf16/f16/f32 leaves, float64 for f64 leaves under x64);
-* the fast sum of squares is used unless it overflows to ``inf`` or
-  underflows below the smallest normal number; only then a ``lax.cond`` takes
+* the fast sum of squares is used unless it overflows to ``inf`` or is so
+  small that squares flushed to zero (subnormals) could change it by more
+  than a rounding error (below ``n * tiny / eps`` for ``n`` terms, about
+  ``1e-31 n`` in float32); only then a ``lax.cond`` takes
   the rescue branch, which divides every block by its largest magnitude first.
   Gradients scaled by 1e30 or 1e-30 therefore give exact norms, and the
   common case pays for one pass over the data;
@@ -15,6 +17,7 @@ Every reduction in normopt goes through :func:`block_norms`:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import jax
@@ -79,6 +82,18 @@ def _rescued_sq_norms(leaves, groups: Groups, dtype, axis_name):
   return scaled, group_max
 
 
+def _underflow_threshold(dtype, sizes):
+  """Below this a sum of squares of ``sizes`` terms may have lost precision.
+
+  A square below ``tiny`` is flushed to zero (XLA flushes subnormals), so
+  ``n`` terms lose at most ``n * tiny``; relative to the sum that stays below
+  the rounding error ``eps`` once the sum exceeds ``n * tiny / eps``. An
+  all-zero block also lands below (the rescue then returns zero).
+  """
+  info = jnp.finfo(dtype)
+  return sizes * (float(info.tiny) / float(info.eps))
+
+
 def block_norms(leaves, groups: Groups, axis_name=None) -> jax.Array:
   """L2 norm of each group of leaves, exact at any magnitude.
 
@@ -98,11 +113,10 @@ def block_norms(leaves, groups: Groups, axis_name=None) -> jax.Array:
   sq = jnp.stack([
       sum((jnp.sum(jnp.square(leaves[i].astype(dtype))) for i in g),
           jnp.zeros((), dtype)) for g in groups])
+  sizes = jnp.asarray([sum(leaves[i].size for i in g) for g in groups], dtype)
   if axis_name is not None:
-    sq = jax.lax.psum(sq, axis_name)
-  # Rescue when a sum overflowed, or underflowed while its block is non-zero
-  # (an all-zero block also lands here; the rescue then returns zero).
-  bad = ~jnp.isfinite(sq) | (sq < jnp.finfo(dtype).tiny)
+    sq, sizes = jax.lax.psum((sq, sizes), axis_name)
+  bad = ~jnp.isfinite(sq) | (sq < _underflow_threshold(dtype, sizes))
 
   def fast(_):
     return jnp.sqrt(sq)
@@ -128,3 +142,39 @@ def divide_by_norm(x: jax.Array, norm: jax.Array) -> jax.Array:
   dtype = jnp.promote_types(accumulation_dtype(x.dtype), norm.dtype)
   safe = jnp.where(norm > 0, norm, 1).astype(dtype)
   return (x.astype(dtype) / safe).astype(x.dtype)
+
+
+def example_norms(sq_fn, *arrays) -> jax.Array:
+  """Per-example norms ``sqrt(sq_fn(*arrays))``, exact at any magnitude.
+
+  ``arrays`` have a leading example axis; ``sq_fn`` returns one squared norm
+  per example and must be homogeneous of degree 2 in each array (a sum of
+  squares, or a product of such sums as in ``||a||^2 ||d||^2``). The fast
+  value is used unless some example's overflows or is small enough that
+  flushed subnormal terms could matter; then (``lax.cond``) those examples
+  are recomputed with each array divided by its per-example largest
+  magnitude.
+  """
+  sq = sq_fn(*arrays)
+  terms = sum(x.size // x.shape[0] for x in arrays)
+  bad = ~jnp.isfinite(sq) | (sq < _underflow_threshold(sq.dtype, terms))
+
+  def rescue(_):
+    maxes = [jnp.max(jnp.abs(x), axis=tuple(range(1, x.ndim)), initial=0)
+             for x in arrays]
+    safe = [jnp.where(m > 0, m, 1).astype(sq.dtype) for m in maxes]
+    scaled = sq_fn(*[(x / s.reshape((-1,) + (1,) * (x.ndim - 1))).astype(
+        sq.dtype) for x, s in zip(arrays, safe)])
+    scale = functools.reduce(jnp.multiply, maxes).astype(sq.dtype)
+    return jnp.where(bad, scale * jnp.sqrt(scaled), jnp.sqrt(sq))
+
+  return jax.lax.cond(jnp.any(bad), rescue, lambda _: jnp.sqrt(sq), None)
+
+
+def hypot(norms: Sequence[jax.Array]) -> jax.Array:
+  """``sqrt(sum of n**2)`` over a list of equally shaped norms, without
+  overflow or underflow (each is divided by their largest first)."""
+  top = functools.reduce(jnp.maximum, norms)
+  safe = jnp.where((top > 0) & jnp.isfinite(top), top, 1)
+  total = sum(jnp.square(n / safe) for n in norms)
+  return jnp.where(jnp.isfinite(top), safe * jnp.sqrt(total), top)

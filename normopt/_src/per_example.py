@@ -111,18 +111,16 @@ def per_example_block_norms(
 
   def one(example):
     single = jax.tree.map(lambda x: x[None], example)
-    loss, g = jax.value_and_grad(loss_fn)(params, single)
-    leaves = jax.tree.leaves(g)
-    dtype = numerics.norm_dtype(g)
-    sq = jnp.stack([sum((jnp.sum(jnp.square(leaves[i].astype(dtype)))
-                         for i in group), jnp.zeros((), dtype))
-                    for group in resolved.groups])
-    return loss, g, jnp.sqrt(sq)
+    return jax.value_and_grad(loss_fn)(params, single)
+
+  dtype = numerics.norm_dtype(params)
 
   def per_chunk(chunk_batch):
-    losses, grads, norms = jax.vmap(one)(chunk_batch)
+    losses, grads = jax.vmap(one)(chunk_batch)
+    leaf_norms = [numerics.example_norms(_sum_sq, g.astype(dtype))
+                  for g in jax.tree.leaves(grads)]
     return (jnp.sum(losses), jax.tree.map(lambda g: jnp.sum(g, 0), grads),
-            jnp.sum(norms, 0))
+            jnp.sum(_group_norms(leaf_norms, resolved), 1))
 
   chunks = jax.tree.map(
       lambda x: x.reshape(size // chunk, chunk, *x.shape[1:]), batch)
@@ -132,6 +130,16 @@ def per_example_block_norms(
                        grads, params)
   norms = jnp.sum(norms, 0) / size
   return loss, grads, blocks_lib.to_tree(resolved, list(norms), params)
+
+
+def _sum_sq(x):
+  return jnp.sum(jnp.square(x), tuple(range(1, x.ndim)))
+
+
+def _group_norms(leaf_norms, resolved) -> jax.Array:
+  """Per-example block norms (blocks, B) from per-example leaf norms."""
+  return jnp.stack([numerics.hypot([leaf_norms[i] for i in group])
+                    for group in resolved.groups])
 
 
 def _unused_inputs(fn, *args) -> list[int]:
@@ -152,11 +160,9 @@ def _probed_norms(loss_fn, params, batch, size, resolved):
         "probed=True needs every param leaf routed through a probed layer "
         "(normopt.probed_dense / normopt.probed); these probes are unused: "
         + ", ".join(paths[i] for i in unused))
-  loss, (grads, sq) = jax.value_and_grad(loss_fn, argnums=(0, 2))(
+  loss, (grads, leaf_norms) = jax.value_and_grad(loss_fn, argnums=(0, 2))(
       params, batch, probes)
-  sq = jax.tree.leaves(sq)
-  # The probes hold ||grad of (f_i / B)||^2: scale back to ||grad f_i||.
-  norms = [size * jnp.mean(jnp.sqrt(sum((sq[i] for i in group[1:]),
-                                        sq[group[0]])))
-           for group in resolved.groups]
-  return loss, grads, blocks_lib.to_tree(resolved, norms, params)
+  # The probes hold ||grad of (f_i / B)||: scale back to ||grad f_i||.
+  norms = size * jnp.mean(_group_norms(jax.tree.leaves(leaf_norms), resolved),
+                          1)
+  return loss, grads, blocks_lib.to_tree(resolved, list(norms), params)

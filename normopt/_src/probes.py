@@ -3,9 +3,9 @@ r"""Norm probes: per-example gradient norms without per-example gradients.
 A *probe* is a zero vector of length ``B`` (the batch size) attached to a
 parameter. A probed layer computes its ordinary output and ignores the probe
 in the forward pass; in the backward pass it writes, as the probe's
-cotangent, each example's squared norm of that parameter's gradient. So one
+cotangent, each example's norm of that parameter's gradient. So one
 ``jax.grad`` of the loss with respect to ``(params, probes)`` gives the mean
-gradient *and* every per-example squared norm, at about the cost of one
+gradient *and* every per-example gradient norm, at about the cost of one
 ordinary backward pass.
 
 For a dense layer ``y = x W`` the per-example gradient is
@@ -25,7 +25,9 @@ kernel gets the same identity with ``T`` = output positions. Any other layer
 can be wrapped with :func:`probed`, which takes the per-example gradients of
 that layer alone (``vmap`` of its ``vjp``).
 
-Norms are accumulated in float32 or wider.
+Norms are accumulated in float32 or wider, exact at any magnitude (the
+overflow/underflow rescue of :func:`normopt.normalize_global` runs only when
+a fast sum of squares fails).
 """
 
 from __future__ import annotations
@@ -66,10 +68,8 @@ def _rows(x, batch: int):
   return x.reshape(batch, -1, x.shape[-1])
 
 
-def _dense_sq_norms(x, g):
-  """Per-example ``||a_i^T delta_i||^2`` for ``y = x @ kernel``."""
-  batch = x.shape[0]
-  a, d = _rows(x, batch), _rows(g, batch)
+def _dense_sq_norms(a, d):
+  """Per-example ``||a_i^T d_i||^2`` from ``a`` (B, T, in), ``d`` (B, T, out)."""
   t, n_in, n_out = a.shape[1], a.shape[2], d.shape[2]
   if t == 1:
     return jnp.sum(a * a, (1, 2)) * jnp.sum(d * d, (1, 2))
@@ -79,6 +79,10 @@ def _dense_sq_norms(x, g):
     return jnp.sum(gram_a * gram_d, (1, 2))
   per_example = jnp.einsum("bti,bto->bio", a, d)
   return jnp.sum(per_example * per_example, (1, 2))
+
+
+def _sum_sq(x):
+  return jnp.sum(x * x, tuple(range(1, x.ndim)))
 
 
 @jax.custom_vjp
@@ -97,7 +101,10 @@ def _dense_bwd(res, g):
   rows_g = g.reshape(-1, g.shape[-1])
   d_kernel = (rows_x.T @ rows_g).astype(kernel.dtype)
   d_x = (g @ kernel.T).astype(x.dtype)
-  return d_x, d_kernel, _dense_sq_norms(x, g).astype(probe.dtype)
+  batch = x.shape[0]
+  norms = numerics.example_norms(_dense_sq_norms, _rows(x, batch),
+                                 _rows(g, batch))
+  return d_x, d_kernel, norms.astype(probe.dtype)
 
 
 _dense.defvjp(_dense_fwd, _dense_bwd)
@@ -117,8 +124,8 @@ def _bias_bwd(res, g):
   bias, probe = res
   per_example = _rows(g, g.shape[0]).sum(1)
   d_bias = g.reshape(-1, g.shape[-1]).sum(0).astype(bias.dtype)
-  sq = jnp.sum(per_example * per_example, 1)
-  return g, d_bias, sq.astype(probe.dtype)
+  norms = numerics.example_norms(_sum_sq, per_example)
+  return g, d_bias, norms.astype(probe.dtype)
 
 
 _bias.defvjp(_bias_fwd, _bias_bwd)
@@ -139,8 +146,8 @@ def probed_dense(x: jax.Array, kernel: jax.Array, bias: jax.Array | None,
 
   Returns:
     ``x @ kernel + bias``; differentiating with respect to the probes gives
-    each example's squared gradient norm of the kernel and of the bias (of
-    the loss as written, so a mean loss scales them by ``1/B^2``).
+    each example's gradient norm for the kernel and for the bias (of the
+    loss as written, so a mean loss scales them by ``1/B``).
 
   Example:
     >>> import jax, jax.numpy as jnp, normopt
@@ -149,9 +156,9 @@ def probed_dense(x: jax.Array, kernel: jax.Array, bias: jax.Array | None,
     >>> def loss(p, probes):
     ...   return normopt.probed_dense(x, p['kernel'], p['bias'],
     ...                               probes['kernel'], probes['bias']).sum()
-    >>> sq = jax.grad(loss, 1)(p, normopt.norm_probes(p, 3))
-    >>> sq['kernel'].tolist(), sq['bias'].tolist()  # grads e_i 1^T and 1
-    ([2.0, 2.0, 2.0], [2.0, 2.0, 2.0])
+    >>> n = jax.grad(loss, 1)(p, normopt.norm_probes(p, 3))
+    >>> print(n['kernel'], n['bias'])  # grads e_i 1^T and 1: norms sqrt(2)
+    [1.4142135 1.4142135 1.4142135] [1.4142135 1.4142135 1.4142135]
 
   References:
     Goodfellow, *Efficient Per-Example Gradient Computations*, 2015 (the
@@ -198,7 +205,7 @@ def probed(fn: Callable[[Any, jax.Array], jax.Array]
     >>> p, x = {'s': jnp.ones(2)}, jnp.array([[1., 0.], [3., 4.]])
     >>> loss = lambda p, probes: scale(p, x, probes).sum()
     >>> jax.grad(loss, 1)(p, normopt.norm_probes(p, 2))['s'].tolist()
-    [1.0, 25.0]
+    [1.0, 5.0]
   """
 
   @jax.custom_vjp
@@ -216,14 +223,14 @@ def probed(fn: Callable[[Any, jax.Array], jax.Array]
 
     def one(xi, gi):
       _, vjp_i = jax.vjp(lambda p: fn(p, xi[None]), params)
-      (d_i,) = vjp_i(gi[None])
-      return jax.tree.map(
-          lambda d: jnp.sum(jnp.square(
-              d.astype(numerics.accumulation_dtype(d.dtype)))), d_i)
+      return vjp_i(gi[None])[0]
 
-    sq = jax.tree.map(lambda s, p: s.astype(p.dtype), jax.vmap(one)(x, g),
-                      probes)
-    return d_params, d_x, sq
+    per_example = jax.vmap(one)(x, g)  # this layer's params only, times B
+    norms = jax.tree.map(
+        lambda d, p: numerics.example_norms(
+            _sum_sq, d.astype(numerics.accumulation_dtype(d.dtype))
+        ).astype(p.dtype), per_example, probes)
+    return d_params, d_x, norms
 
   call.defvjp(fwd, bwd)
   return call

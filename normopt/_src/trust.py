@@ -131,7 +131,8 @@ def trust_ratio(
       w_norm, denominator = norms[:len(groups)], norms[len(groups):]
     else:
       w_norm = numerics.block_norms(w_leaves, groups, axis_name)
-      denominator = _mean_example_norms(per_example_norms, resolved, selected)
+      denominator = _mean_example_norms(
+          blocks_lib.drop_masked(per_example_norms, params), resolved, selected)
     denominator = denominator.astype(w_norm.dtype)
     total = denominator + weight_decay * w_norm + eps
     ratio = jnp.where(w_norm > 0, trust_coefficient * w_norm, trust_coefficient)
