@@ -6,8 +6,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 import normopt
 from tests import reference, trees
@@ -89,21 +87,6 @@ def test_bad_hyperparameters_name_the_argument():
     normopt.qh_combine(0.5, 1.5)
   with pytest.raises(ValueError, match="init"):
     normopt.heavy_ball(0.5, init="ones")
-
-
-@given(st.floats(0.0, 0.99), st.floats(0.1, 10.0), st.integers(0, 2**31 - 1))
-def test_property_heavy_ball_linear_and_ema_scaling(beta, c, seed):
-  grads = _grads("float32", n=5, seed=seed)
-  plain = _run(normopt.heavy_ball(beta), grads)
-  scaled = _run(normopt.heavy_ball(beta), [jax.tree.map(lambda x: c * x, g)
-                                           for g in grads])
-  ema = _run(normopt.heavy_ball(beta, ema=True), grads)
-  for p, s, e in zip(plain, scaled, ema):
-    # Linear in the input, and the EMA is the (1 - beta)-scaled buffer.
-    chex.assert_trees_all_close(s, jax.tree.map(lambda x: c * x, p),
-                                rtol=1e-4, atol=1e-5)
-    chex.assert_trees_all_close(e, jax.tree.map(lambda x: (1 - beta) * x, p),
-                                rtol=1e-4, atol=1e-5)
 
 
 def test_inject_hyperparams_parity():

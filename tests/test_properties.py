@@ -184,3 +184,40 @@ def test_igt_true_params_inverts_the_extrapolation(beta, seed):
   recovered, w = _igt_run()(steps, jnp.float32(beta))
   for a, b in zip(jax.tree.leaves(recovered), jax.tree.leaves(w)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@functools.cache
+def _heavy_ball_runs():
+  params = trees.random_tree(np.random.default_rng(0))
+  plain = optax.inject_hyperparams(normopt.heavy_ball)(beta=0.5)
+  ema = optax.inject_hyperparams(normopt.heavy_ball)(beta=0.5, ema=True)
+
+  def scan(tx, beta, grads):
+    state = tx.init(params)
+    state.hyperparams["beta"] = beta
+
+    def step(state, g):
+      u, state = tx.update(g, state, params)
+      return state, u
+    return jax.lax.scan(step, state, grads)[1]
+
+  @jax.jit
+  def run(grads, beta, c):
+    return (scan(plain, beta, grads),
+            scan(plain, beta, jax.tree.map(lambda g: c * g, grads)),
+            scan(ema, beta, grads))
+  return run
+
+
+@settings(max_examples=200)
+@given(st.floats(0.0, 0.99), st.floats(0.1, 10.0), seeds)
+def test_heavy_ball_linear_and_ema_scaling(beta, c, seed):
+  """The buffer is linear in the gradients; the EMA is (1-β) times it."""
+  plain, scaled, ema = _heavy_ball_runs()(_grad_sequence(seed),
+                                          jnp.float32(beta), jnp.float32(c))
+  for p, s, e in zip(jax.tree.leaves(plain), jax.tree.leaves(scaled),
+                     jax.tree.leaves(ema)):
+    np.testing.assert_allclose(np.asarray(s), c * np.asarray(p), rtol=1e-4,
+                               atol=1e-5)
+    np.testing.assert_allclose(np.asarray(e), (1 - beta) * np.asarray(p),
+                               rtol=1e-4, atol=1e-5)
