@@ -30,11 +30,14 @@ GRIDS = {
 
 
 def run(methods, batch_sizes, epochs, seeds, out: Path, train_subset=None,
-        num_samples=50_000) -> list[dict]:
+        num_samples=50_000, grids=None, progress=True) -> list[dict]:
+  """Every (batch, method, learning rate of its grid, seed); one record
+  each (with the per-epoch history), also written to ``out``."""
+  grids = GRIDS if grids is None else grids
   records = []
   for batch in batch_sizes:
     for method in methods:
-      grid = GRIDS[method]["small" if batch <= 1024 else "large"]
+      grid = grids[method]["small" if batch <= 1024 else "large"]
       for lr in grid:
         for seed in seeds:
           config = train.Config(method=method, batch_size=batch,
@@ -42,10 +45,11 @@ def run(methods, batch_sizes, epochs, seeds, out: Path, train_subset=None,
                                 trust_coefficient=0.001,
                                 train_subset=train_subset,
                                 num_samples=num_samples)
-          result = train.train_and_evaluate(config, progress=True)
+          result = train.train_and_evaluate(config, progress=progress)
           record = {k: result[k] for k in (
               "method", "batch_size", "learning_rate", "seed",
-              "test_accuracy", "final_train_loss", "seconds", "epochs")}
+              "test_accuracy", "final_train_loss", "seconds", "epochs",
+              "history")}
           records.append(record)
           print(f"  {method:6s} b={batch:5d} lr={lr:<5g} seed={seed} "
                 f"acc={record['test_accuracy']:.4f} "

@@ -289,12 +289,18 @@ def train_and_evaluate(config: Config, workdir: str | Path | None = None,
       return body(params, opt_state, order[:, 0])
     return body(params, opt_state, order.transpose(1, 0, 2))
 
+  x_probe, y_probe = x_train[:4096], y_train[:4096]
+
   @jax.jit
   def evaluate(params, opt_state):
+    """Test accuracy, and the training-loss gradient norm on (up to) 4096
+    training examples: the quantity the QHM paper tracks."""
     if is_igt:
       params = normopt.igt_true_params(params, opt_state)
     logits = nnx.merge(graphdef, params)(x_test)
-    return jnp.mean(jnp.argmax(logits, -1) == y_test)
+    grads = jax.grad(loss_fn)(params, x_probe, y_probe)
+    return (jnp.mean(jnp.argmax(logits, -1) == y_test),
+            optax.tree.norm(grads))
 
   opt_state = tx.init(params)
   key = jax.random.PRNGKey(config.seed)
@@ -334,9 +340,10 @@ def train_and_evaluate(config: Config, workdir: str | Path | None = None,
     params, opt_state, loss = run_epoch(params, opt_state, sub)
     if pmap:
       loss = loss[0]
-    accuracy = float(evaluate(*_first_replica(pmap, (params, opt_state))))
+    accuracy, grad_norm = map(float, evaluate(
+        *_first_replica(pmap, (params, opt_state))))
     history.append({"epoch": epoch + 1, "train_loss": float(loss),
-                    "test_accuracy": accuracy})
+                    "test_accuracy": accuracy, "grad_norm": grad_norm})
     if bar is not None:
       bar.set_postfix(loss=f"{float(loss):.3f}", acc=f"{accuracy:.4f}")
     if manager is not None:
@@ -371,7 +378,8 @@ def write_metrics(result: dict, workdir: Path) -> None:
   workdir.mkdir(parents=True, exist_ok=True)
   (workdir / "metrics.json").write_text(json.dumps(result, indent=2))
   with open(workdir / "metrics.csv", "w", newline="") as f:
-    writer = csv.DictWriter(f, ["epoch", "train_loss", "test_accuracy"])
+    writer = csv.DictWriter(f, ["epoch", "train_loss", "test_accuracy",
+                                "grad_norm"])
     writer.writeheader()
     writer.writerows(result["history"])
   import matplotlib
