@@ -15,6 +15,7 @@ equivalent. ``floor`` is each method's stream count / 3.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
 
@@ -141,6 +142,52 @@ def measure(tree: str, reps: int, only=None) -> list[dict]:
            "optax_equivalent": r.ref} for name, r in runners.items()]
 
 
+TRAIN_STEP_METHODS = ("optax.sgd(momentum)", "sngm", "lars", "nigt", "qhm")
+
+
+def measure_train_step(reps: int, width: int = 4096, batch: int = 256
+                       ) -> list[dict]:
+  """A whole training step (loss, grad and update in one jit, params and
+  state donated) of a 1024-width-width-10 MLP (~21M params), against the
+  gradient alone: the optimizer's share of a step."""
+  rng = np.random.default_rng(0)
+  sizes = [1024, width, width, 10]
+  params0 = {f"l{i}": {"w": jnp.asarray(rng.standard_normal((a, b)) / np.sqrt(a),
+                                        jnp.float32),
+                       "b": jnp.zeros((b,), jnp.float32)}
+             for i, (a, b) in enumerate(itertools.pairwise(sizes))}
+  x = jnp.asarray(rng.standard_normal((batch, sizes[0])), jnp.float32)
+  y = jnp.asarray(rng.integers(0, 10, batch))
+
+  def loss_fn(params):
+    h = x
+    for i in range(len(sizes) - 1):
+      h = h @ params[f"l{i}"]["w"] + params[f"l{i}"]["b"]
+      h = jax.nn.relu(h) if i < len(sizes) - 2 else h
+    return optax.softmax_cross_entropy_with_integer_labels(h, y).mean()
+
+  grad_only = jax.jit(jax.value_and_grad(loss_fn))
+  runners = {"grad only": _Runner(lambda p, s, _: (p, grad_only(p)), params0,
+                                  None, None, 0)}
+  all_candidates = candidates(params0)
+  for name in TRAIN_STEP_METHODS:
+    tx = all_candidates[name][0]
+
+    def step(params, state, _, tx=tx):
+      grads = jax.grad(loss_fn)(params)
+      updates, state = tx.update(grads, state, params)
+      return optax.apply_updates(params, updates), state
+    runners[name] = _Runner(jax.jit(step, donate_argnums=(0, 1)), params0, tx,
+                            None, 0)
+  med = interleaved_medians(
+      {name: (lambda r=r: r.step(None)) for name, r in runners.items()}, reps)
+  n_params = sum(x.size for x in jax.tree.leaves(params0))
+  return [{"model": f"MLP 1024-{width}-{width}-10", "params": n_params,
+           "batch": batch, "method": name, "median_ms": 1e3 * t,
+           "optimizer_share": 1 - med["grad only"] / t} for name, t in
+          med.items()]
+
+
 def table(rows) -> str:
   lines = ["| tree | method | median ms | × axpy | floor | × optax equivalent |",
            "|---|---|---|---|---|---|"]
@@ -161,11 +208,24 @@ def main(argv=None) -> None:
   parser.add_argument("--only", nargs="*", default=None,
                       help="time only these candidates (and axpy)")
   parser.add_argument("--json", default=None, help="write the rows here")
+  parser.add_argument("--train_step", action="store_true",
+                      help="also time whole training steps of an MLP")
+  parser.add_argument("--width", type=int, default=4096,
+                      help="hidden width of the --train_step MLP")
   args = parser.parse_args(argv)
   rows = []
   for tree in args.trees:
     rows += measure(tree, args.reps, args.only)
   print(table(rows))
+  if args.train_step:
+    steps = measure_train_step(args.reps, args.width)
+    print(f"\nWhole training step, {steps[0]['model']} "
+          f"({steps[0]['params'] / 1e6:.1f}M params), batch {steps[0]['batch']}")
+    print("| step | median ms | optimizer share |\n|---|---|---|")
+    for r in steps:
+      print(f"| {r['method']} | {r['median_ms']:.1f} | "
+            f"{100 * r['optimizer_share']:.1f}% |")
+    rows += steps
   print(f"\n{jax.devices()[0].device_kind} ({platform.machine()}), "
         f"jax {jax.__version__}, optax {optax.__version__}, reps {args.reps}")
   if args.json:

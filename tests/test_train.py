@@ -190,12 +190,16 @@ def test_step_speed_smoke(tmp_path, capsys):
   """Runs the benchmark on a tiny tree; checks the table, not the times."""
   from benchmarks import step_speed
   out = tmp_path / "rows.json"
-  step_speed.main(["--trees", "tiny", "--reps", "2", "--json", str(out)])
+  step_speed.main(["--trees", "tiny", "--reps", "2", "--json", str(out),
+                   "--train_step", "--width", "16"])
   rows = json.loads(out.read_text())
   methods = {r["method"] for r in rows}
   assert {"sngm", "optax sngm chain", "lars", "optax.lars", "axpy"} <= methods
   assert all(r["median_ms"] > 0 for r in rows)
-  assert "| tiny | sngm |" in capsys.readouterr().out
+  printed = capsys.readouterr().out
+  assert "| tiny | sngm |" in printed and "optimizer share" in printed
+  assert {r["method"] for r in rows if "optimizer_share" in r} == {
+      "grad only", *step_speed.TRAIN_STEP_METHODS}
 
 
 def test_per_example_speed_smoke(tmp_path, capsys):

@@ -130,6 +130,8 @@ def qh_combine(beta: ScalarOrSchedule,
   check_in_range("beta", beta, 0.0, 1.0, high_inclusive=False)
   check_in_range("nu", nu, 0.0, 1.0, high_inclusive=True)
 
+  nu_is_one = isinstance(nu, (int, float)) and nu == 1
+
   def init_fn(params):
     return QhCombineState(count=jnp.zeros((), jnp.int32),
                           ema=_zeros_like(params))
@@ -140,7 +142,10 @@ def qh_combine(beta: ScalarOrSchedule,
     b = evaluate(beta, state.count)
     v = evaluate(nu, state.count)
     d = numerics.axpby(b, state.ema, 1.0 - b, updates)
-    out = numerics.axpby(v, d, 1.0 - v, updates)
+    if nu_is_one:  # NSHB: m = d; skips re-reading g (one stream less)
+      out = d
+    else:
+      out = numerics.axpby(v, d, 1.0 - v, updates)
     return out, QhCombineState(optax.safe_increment(state.count), d)
 
   return optax.GradientTransformation(init_fn, update_fn)
