@@ -20,8 +20,6 @@ Each returns the loss and the mean gradient; the last three also the norms.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 
 import jax
 import optax
@@ -29,7 +27,7 @@ from flax import nnx
 
 import normopt
 from benchmarks import models
-from benchmarks.timing import interleaved_medians
+from benchmarks.timing import finish, interleaved_medians
 
 
 def measure(batch: int, reps: int, chunk: int) -> list[dict]:
@@ -71,11 +69,7 @@ def main(argv=None) -> None:
   for r in rows:
     print(f"| {r['batch']} | {r['path']} | {r['median_ms']:.2f} | "
           f"{r['vs_grad']:.2f} |")
-  print(f"\n{jax.devices()[0].device_kind} ({platform.machine()}), "
-        f"jax {jax.__version__}, reps {args.reps}, chunk {args.chunk}")
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump(rows, f, indent=2)
+  finish(rows, args.json, f"reps {args.reps}, chunk {args.chunk}")
 
 
 if __name__ == "__main__":

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
-import platform
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +23,7 @@ import numpy as np
 import optax
 
 import normopt
-from benchmarks.timing import interleaved_medians
+from benchmarks.timing import finish, interleaved_medians
 
 LR, BETA = 0.1, 0.9
 
@@ -226,11 +224,7 @@ def main(argv=None) -> None:
       print(f"| {r['method']} | {r['median_ms']:.1f} | "
             f"{100 * r['optimizer_share']:.1f}% |")
     rows += steps
-  print(f"\n{jax.devices()[0].device_kind} ({platform.machine()}), "
-        f"jax {jax.__version__}, optax {optax.__version__}, reps {args.reps}")
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump(rows, f, indent=2)
+  finish(rows, args.json, f"optax {optax.__version__}, reps {args.reps}")
 
 
 if __name__ == "__main__":

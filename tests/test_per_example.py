@@ -63,6 +63,16 @@ def _loop_reference(loss, params, batch):
           np.mean(np.array(norms), 0))
 
 
+def _assert_matches_loop(got, loss, params, batch):
+  got_loss, got_grads, got_norms = got
+  ref_loss, ref_grads, ref_norms = _loop_reference(loss, params, batch)
+  np.testing.assert_allclose(float(got_loss), ref_loss, rtol=1e-6)
+  for g, r in zip(jax.tree.leaves(got_grads), ref_grads):
+    np.testing.assert_allclose(np.asarray(g), r, rtol=1e-6, atol=1e-12)
+  np.testing.assert_allclose(np.asarray(jax.tree.leaves(got_norms)),
+                             ref_norms, rtol=1e-6)
+
+
 @pytest.mark.parametrize("kind", ["mlp", "cnn"])
 @pytest.mark.parametrize("chunk_size", [None, 4, 1])
 def test_matches_per_example_loop(kind, chunk_size):
@@ -70,12 +80,7 @@ def test_matches_per_example_loop(kind, chunk_size):
   got_loss, got_grads, got_norms = jax.jit(
       lambda p, b: normopt.per_example_block_norms(
           loss, p, b, chunk_size=chunk_size))(params, batch)
-  ref_loss, ref_grads, ref_norms = _loop_reference(loss, params, batch)
-  np.testing.assert_allclose(float(got_loss), ref_loss, rtol=1e-6)
-  for g, r in zip(jax.tree.leaves(got_grads), ref_grads):
-    np.testing.assert_allclose(np.asarray(g), r, rtol=1e-6, atol=1e-12)
-  np.testing.assert_allclose(np.asarray(jax.tree.leaves(got_norms)),
-                             ref_norms, rtol=1e-6)
+  _assert_matches_loop((got_loss, got_grads, got_norms), loss, params, batch)
   # The mean gradient is the ordinary gradient of the batch loss.
   _, direct = jax.value_and_grad(loss)(params, batch)
   for g, d in zip(jax.tree.leaves(got_grads), jax.tree.leaves(direct)):
@@ -187,12 +192,7 @@ def test_probed_path_matches_per_example_loop(kind):
   got_loss, got_grads, got_norms = jax.jit(
       lambda p, b: normopt.per_example_block_norms(probed, p, b, probed=True)
   )(params, batch)
-  ref_loss, ref_grads, ref_norms = _loop_reference(plain, params, batch)
-  np.testing.assert_allclose(float(got_loss), ref_loss, rtol=1e-6)
-  for g, r in zip(jax.tree.leaves(got_grads), ref_grads):
-    np.testing.assert_allclose(np.asarray(g), r, rtol=1e-6, atol=1e-12)
-  np.testing.assert_allclose(np.asarray(jax.tree.leaves(got_norms)),
-                             ref_norms, rtol=1e-6)
+  _assert_matches_loop((got_loss, got_grads, got_norms), plain, params, batch)
   # Same numbers as the exact path, also for labelled blocks.
   labels = {k: k[0] for k in params}
   _, _, exact = normopt.per_example_block_norms(plain, params, batch,

@@ -30,12 +30,17 @@ def _grad_sequence(seed, scales=None):
   return jax.tree.map(lambda *xs: jnp.stack(xs), *seq)
 
 
-def _updates(tx, params, grads, extra=lambda g: {}):
-  """All ``STEPS`` updates of ``tx`` (params fixed), one scan."""
+def _updates(tx, params, grads, extra=lambda g: {}, **hyperparams):
+  """All ``STEPS`` updates of ``tx`` (params fixed), one scan; keyword
+  arguments set ``inject_hyperparams`` values (traced, so no recompile)."""
+  state = tx.init(params)
+  for name, value in hyperparams.items():
+    state.hyperparams[name] = value
+
   def step(state, g):
     u, state = tx.update(g, state, params, **extra(g))
     return state, u
-  return jax.lax.scan(step, tx.init(params), grads)[1]
+  return jax.lax.scan(step, state, grads)[1]
 
 
 SCALE_FREE = {
@@ -84,14 +89,9 @@ def _sngm_buffer_norms():
 
   @jax.jit
   def run(grads, beta):
-    state = tx.init(params)
-    state.hyperparams["beta"] = beta
-
-    def step(state, g):
-      u, state = tx.update(g, state, params)
-      return state, jnp.sqrt(sum(jnp.sum(jnp.square(x))
-                                 for x in jax.tree.leaves(u)))
-    return jax.lax.scan(step, state, grads)[1]
+    updates = _updates(tx, params, grads, beta=beta)
+    return jnp.sqrt(sum(jnp.sum(jnp.square(u), tuple(range(1, u.ndim)))
+                        for u in jax.tree.leaves(updates)))
   return run
 
 
@@ -115,30 +115,18 @@ def _qhm_runs():
                                                  momentum=0.5, nesterov=True)
   heavy = optax.inject_hyperparams(normopt.heavy_ball)(beta=0.5, ema=True)
 
-  def injected(tx, **values):
-    state = tx.init(params)
-    for k, v in values.items():
-      state.hyperparams[k] = v
-    return state
-
-  def scan(tx, state, grads):
-    def step(state, g):
-      u, state = tx.update(g, state, params)
-      return state, u
-    return jax.lax.scan(step, state, grads)[1]
-
   @jax.jit
   def run(grads, beta):
     lr = jnp.float32(0.1)
     return {
-        "nu0": scan(qhm, injected(qhm, beta=beta, nu=jnp.float32(0.0)), grads),
-        "nu1": scan(qhm, injected(qhm, beta=beta, nu=jnp.float32(1.0)), grads),
-        "nu_beta": scan(qhm, injected(qhm, beta=beta, nu=beta), grads),
+        "nu0": _updates(qhm, params, grads, beta=beta, nu=jnp.float32(0.0)),
+        "nu1": _updates(qhm, params, grads, beta=beta, nu=jnp.float32(1.0)),
+        "nu_beta": _updates(qhm, params, grads, beta=beta, nu=beta),
         "sgd": jax.tree.map(lambda g: -lr * g, grads),
-        "ema": jax.tree.map(lambda m: -lr * m, scan(
-            heavy, injected(heavy, beta=beta), grads)),
-        "nesterov": scan(nesterov, injected(
-            nesterov, learning_rate=lr * (1 - beta), momentum=beta), grads),
+        "ema": jax.tree.map(lambda m: -lr * m,
+                            _updates(heavy, params, grads, beta=beta)),
+        "nesterov": _updates(nesterov, params, grads,
+                             learning_rate=lr * (1 - beta), momentum=beta),
     }
   return run
 
@@ -192,20 +180,12 @@ def _heavy_ball_runs():
   plain = optax.inject_hyperparams(normopt.heavy_ball)(beta=0.5)
   ema = optax.inject_hyperparams(normopt.heavy_ball)(beta=0.5, ema=True)
 
-  def scan(tx, beta, grads):
-    state = tx.init(params)
-    state.hyperparams["beta"] = beta
-
-    def step(state, g):
-      u, state = tx.update(g, state, params)
-      return state, u
-    return jax.lax.scan(step, state, grads)[1]
-
   @jax.jit
   def run(grads, beta, c):
-    return (scan(plain, beta, grads),
-            scan(plain, beta, jax.tree.map(lambda g: c * g, grads)),
-            scan(ema, beta, grads))
+    return (_updates(plain, params, grads, beta=beta),
+            _updates(plain, params, jax.tree.map(lambda g: c * g, grads),
+                     beta=beta),
+            _updates(ema, params, grads, beta=beta))
   return run
 
 

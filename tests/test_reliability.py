@@ -30,15 +30,18 @@ def _grads(params, step):
   return jax.tree.map(lambda w: 0.5 * w + jnp.sin(step + w), params)
 
 
-def _run(name, tx, params, state, start, steps):
-  @jax.jit
-  def body(params, state, step):
-    g = _grads(params, step)
+def _train_step(name, tx):
+  def step(params, state, t):
+    g = _grads(params, t)
     extra = registry.extra_args(name, g, params,
                                 second_grads=jax.tree.map(jnp.cos, g))
     updates, state = tx.update(g, state, params, **extra)
     return optax.apply_updates(params, updates), state
+  return step
 
+
+def _run(name, tx, params, state, start, steps):
+  body = jax.jit(_train_step(name, tx))
   for step in range(start, start + steps):
     params, state = body(params, state, jnp.float32(step))
   return params, state
@@ -138,14 +141,7 @@ def test_traces_once_with_injected_hyperparams_and_schedules(name):
   params = _params()
   state = tx.init(params)
 
-  @jax.jit
-  @chex.assert_max_traces(n=1)
-  def step(params, state, t):
-    g = _grads(params, t)
-    extra = registry.extra_args(name, g, params,
-                                second_grads=jax.tree.map(jnp.cos, g))
-    updates, state = tx.update(g, state, params, **extra)
-    return optax.apply_updates(params, updates), state
+  step = jax.jit(chex.assert_max_traces(_train_step(name, tx), n=1))
 
   for t in range(10):
     state.hyperparams["learning_rate"] = jnp.asarray(
