@@ -142,10 +142,8 @@ def qh_combine(beta: ScalarOrSchedule,
     b = evaluate(beta, state.count)
     v = evaluate(nu, state.count)
     d = numerics.axpby(b, state.ema, 1.0 - b, updates)
-    if nu_is_one:  # NSHB: m = d; skips re-reading g (one stream less)
-      out = d
-    else:
-      out = numerics.axpby(v, d, 1.0 - v, updates)
+    # NSHB (nu = 1): m = d, without re-reading g (one memory stream less).
+    out = d if nu_is_one else numerics.axpby(v, d, 1.0 - v, updates)
     return out, QhCombineState(optax.safe_increment(state.count), d)
 
   return optax.GradientTransformation(init_fn, update_fn)

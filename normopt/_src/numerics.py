@@ -82,7 +82,7 @@ def _rescued_sq_norms(leaves, groups: Groups, dtype, axis_name):
   return scaled, group_max
 
 
-def _underflow_threshold(dtype, sizes):
+def underflow_threshold(dtype, sizes):
   """Below this a sum of squares of ``sizes`` terms may have lost precision.
 
   A square below ``tiny`` is flushed to zero (XLA flushes subnormals), so
@@ -116,7 +116,7 @@ def block_norms(leaves, groups: Groups, axis_name=None) -> jax.Array:
   sizes = jnp.asarray([sum(leaves[i].size for i in g) for g in groups], dtype)
   if axis_name is not None:
     sq, sizes = jax.lax.psum((sq, sizes), axis_name)
-  bad = ~jnp.isfinite(sq) | (sq < _underflow_threshold(dtype, sizes))
+  bad = ~jnp.isfinite(sq) | (sq < underflow_threshold(dtype, sizes))
 
   def fast(_):
     return jnp.sqrt(sq)
@@ -157,7 +157,7 @@ def example_norms(sq_fn, *arrays) -> jax.Array:
   """
   sq = sq_fn(*arrays)
   terms = sum(x.size // x.shape[0] for x in arrays)
-  bad = ~jnp.isfinite(sq) | (sq < _underflow_threshold(sq.dtype, terms))
+  bad = ~jnp.isfinite(sq) | (sq < underflow_threshold(sq.dtype, terms))
 
   def rescue(_):
     maxes = [jnp.max(jnp.abs(x), axis=tuple(range(1, x.ndim)), initial=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -160,9 +161,27 @@ def _probed_norms(loss_fn, params, batch, size, resolved):
         "probed=True needs every param leaf routed through a probed layer "
         "(normopt.probed_dense / normopt.probed); these probes are unused: "
         + ", ".join(paths[i] for i in unused))
-  loss, (grads, leaf_norms) = jax.value_and_grad(loss_fn, argnums=(0, 2))(
-      params, batch, probes)
-  # The probes hold ||grad of (f_i / B)||: scale back to ||grad f_i||.
-  norms = size * jnp.mean(_group_norms(jax.tree.leaves(leaf_norms), resolved),
-                          1)
+
+  def one_pass(safe):
+    with probes_lib.safe_norms() if safe else contextlib.nullcontext():
+      loss, (grads, leaf_norms) = jax.value_and_grad(
+          loss_fn, argnums=(0, 2))(params, batch, probes)
+    # The probes hold ||grad of (f_i / B)||: scale back to ||grad f_i||.
+    norms = size * jnp.mean(
+        _group_norms(jax.tree.leaves(leaf_norms), resolved), 1)
+    return loss, grads, norms
+
+  # The plain pass, redone with overflow-safe probes only if a block's mean
+  # norm overflowed or is small enough that flushed subnormal terms could
+  # matter (examples that underflow alone barely move a mean dominated by
+  # the others).
+  fast = one_pass(False)
+  leaves = jax.tree.leaves(params)
+  terms = jnp.asarray([sum(leaves[i].size for i in g)
+                       for g in resolved.groups], fast[2].dtype)
+  bad = ~jnp.isfinite(fast[2]) | (
+      jnp.square(fast[2] / size) < numerics.underflow_threshold(
+          fast[2].dtype, terms))
+  loss, grads, norms = jax.lax.cond(jnp.any(bad), lambda: one_pass(True),
+                                    lambda: fast)
   return loss, grads, blocks_lib.to_tree(resolved, list(norms), params)

@@ -32,6 +32,8 @@ a fast sum of squares fails).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -85,46 +87,70 @@ def _sum_sq(x):
   return jnp.sum(x * x, tuple(range(1, x.ndim)))
 
 
-@jax.custom_vjp
-def _dense(x, kernel, probe):
-  del probe
+# Whether probed layers compute their norms overflow-safe (a lax.cond per
+# layer: measurably slower) or plainly. per_example_block_norms takes the
+# plain pass and redoes it safely only when a block's result is not finite
+# or so small that flushed subnormals could matter (see numerics).
+_SAFE = [False]
+
+
+@contextlib.contextmanager
+def safe_norms():
+  """Inside, probed layers traced compute overflow-safe norms."""
+  _SAFE.append(True)
+  try:
+    yield
+  finally:
+    _SAFE.pop()
+
+
+def _norms(safe: bool, sq_fn, *arrays):
+  if safe:
+    return numerics.example_norms(sq_fn, *arrays)
+  return jnp.sqrt(sq_fn(*arrays))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _dense(x, kernel, probe, safe):
+  del probe, safe
   return x @ kernel
 
 
-def _dense_fwd(x, kernel, probe):
+def _dense_fwd(x, kernel, probe, safe):
+  del safe
   return x @ kernel, (x, kernel, probe)
 
 
-def _dense_bwd(res, g):
+def _dense_bwd(safe, res, g):
   x, kernel, probe = res
   rows_x = x.reshape(-1, x.shape[-1])
   rows_g = g.reshape(-1, g.shape[-1])
   d_kernel = (rows_x.T @ rows_g).astype(kernel.dtype)
   d_x = (g @ kernel.T).astype(x.dtype)
   batch = x.shape[0]
-  norms = numerics.example_norms(_dense_sq_norms, _rows(x, batch),
-                                 _rows(g, batch))
+  norms = _norms(safe, _dense_sq_norms, _rows(x, batch), _rows(g, batch))
   return d_x, d_kernel, norms.astype(probe.dtype)
 
 
 _dense.defvjp(_dense_fwd, _dense_bwd)
 
 
-@jax.custom_vjp
-def _bias(y, bias, probe):
-  del probe
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _bias(y, bias, probe, safe):
+  del probe, safe
   return y + bias
 
 
-def _bias_fwd(y, bias, probe):
+def _bias_fwd(y, bias, probe, safe):
+  del safe
   return y + bias, (bias, probe)
 
 
-def _bias_bwd(res, g):
+def _bias_bwd(safe, res, g):
   bias, probe = res
   per_example = _rows(g, g.shape[0]).sum(1)
   d_bias = g.reshape(-1, g.shape[-1]).sum(0).astype(bias.dtype)
-  norms = numerics.example_norms(_sum_sq, per_example)
+  norms = _norms(safe, _sum_sq, per_example)
   return g, d_bias, norms.astype(probe.dtype)
 
 
@@ -173,13 +199,13 @@ def probed_dense(x: jax.Array, kernel: jax.Array, bias: jax.Array | None,
     if probe is not None and probe.shape != x.shape[:1]:
       raise ValueError(f"{name} must have shape ({x.shape[0]},) (one entry "
                        f"per example), got {probe.shape}")
-  y = _dense(x, kernel, kernel_probe)
+  y = _dense(x, kernel, kernel_probe, _SAFE[-1])
   if bias is None:
     return y
   if bias.shape != (kernel.shape[1],) or bias_probe is None:
     raise ValueError(f"bias must have shape ({kernel.shape[1]},) and come "
                      f"with a bias_probe; got {bias.shape}")
-  return _bias(y, bias, bias_probe)
+  return _bias(y, bias, bias_probe, _SAFE[-1])
 
 
 def probed(fn: Callable[[Any, jax.Array], jax.Array]
@@ -208,15 +234,16 @@ def probed(fn: Callable[[Any, jax.Array], jax.Array]
     [1.0, 5.0]
   """
 
-  @jax.custom_vjp
-  def call(params, x, probes):
-    del probes
+  @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+  def call(params, x, probes, safe):
+    del probes, safe
     return fn(params, x)
 
-  def fwd(params, x, probes):
+  def fwd(params, x, probes, safe):
+    del safe
     return fn(params, x), (params, x, probes)
 
-  def bwd(res, g):
+  def bwd(safe, res, g):
     params, x, probes = res
     _, vjp = jax.vjp(fn, params, x)
     d_params, d_x = vjp(g)
@@ -227,10 +254,10 @@ def probed(fn: Callable[[Any, jax.Array], jax.Array]
 
     per_example = jax.vmap(one)(x, g)  # this layer's params only, times B
     norms = jax.tree.map(
-        lambda d, p: numerics.example_norms(
-            _sum_sq, d.astype(numerics.accumulation_dtype(d.dtype))
+        lambda d, p: _norms(
+            safe, _sum_sq, d.astype(numerics.accumulation_dtype(d.dtype))
         ).astype(p.dtype), per_example, probes)
     return d_params, d_x, norms
 
   call.defvjp(fwd, bwd)
-  return call
+  return lambda params, x, probes: call(params, x, probes, _SAFE[-1])
