@@ -23,7 +23,7 @@ from normopt._src.normalize import normalize_global, normalize_per_block
 from normopt._src.trust import Mask, trust_ratio
 
 
-def _check_lr(learning_rate, weight_decay):
+def _check_rate_and_decay(learning_rate, weight_decay):
   check_non_negative("learning_rate", learning_rate)
   check_non_negative("weight_decay", weight_decay)
 
@@ -66,7 +66,7 @@ def sngm(learning_rate: ScalarOrSchedule, beta: ScalarOrSchedule = 0.9,
     Normalized Gradient Descent*, Sci. China Inf. Sci. 2021 (arXiv
     2020), Alg. 1.
   """
-  _check_lr(learning_rate, weight_decay)
+  _check_rate_and_decay(learning_rate, weight_decay)
   return optax.chain(
       optax.add_decayed_weights(weight_decay),
       normalize_global(eps, axis_name=axis_name),
@@ -91,7 +91,7 @@ def sngd(learning_rate: ScalarOrSchedule, weight_decay: float = 0.0,
   References:
     SNGM paper (Zhao et al.), Sec. 4: SNGM with β = 0.
   """
-  _check_lr(learning_rate, weight_decay)
+  _check_rate_and_decay(learning_rate, weight_decay)
   return optax.chain(
       optax.add_decayed_weights(weight_decay),
       normalize_global(eps, axis_name=axis_name),
@@ -130,7 +130,7 @@ def block_sngm(learning_rate: ScalarOrSchedule, beta: ScalarOrSchedule = 0.9,
   References:
     SNGM paper (Zhao et al.), eq. (13)-(14) and Theorem 3.
   """
-  _check_lr(learning_rate, weight_decay)
+  _check_rate_and_decay(learning_rate, weight_decay)
   return optax.chain(
       optax.add_decayed_weights(weight_decay),
       normalize_per_block(eps, blocks, axis_name=axis_name),
@@ -182,7 +182,7 @@ def lars(learning_rate: ScalarOrSchedule, momentum: ScalarOrSchedule = 0.9,
     You, Gitman, Ginsburg, *Large Batch Training of Convolutional Networks*,
     2017; CLARS paper (Huo et al.), eq. (3).
   """
-  _check_lr(learning_rate, weight_decay)
+  _check_rate_and_decay(learning_rate, weight_decay)
   check_in_range("momentum", momentum, 0.0, 1.0, high_inclusive=False)
   return optax.chain(
       trust_ratio("lars", trust_coefficient, eps, weight_decay, mask=mask,
@@ -233,7 +233,7 @@ def clars(learning_rate: ScalarOrSchedule, momentum: ScalarOrSchedule = 0.9,
     Huo, Gu, Huang, *Large Batch Optimization for Deep Learning Using New
     Complete Layer-wise Adaptive Rate Scaling*, AAAI 2021, Alg. 1, eq. (4)-(5).
   """
-  _check_lr(learning_rate, weight_decay)
+  _check_rate_and_decay(learning_rate, weight_decay)
   check_in_range("momentum", momentum, 0.0, 1.0, high_inclusive=False)
   return optax.chain(
       trust_ratio("clars", trust_coefficient, eps, weight_decay, mask=mask,
@@ -273,7 +273,7 @@ def normalized_sgdm(learning_rate: ScalarOrSchedule,
     Cutkosky & Mehta, *Momentum Improves Normalized SGD*, ICML 2020,
     eq. (2)-(3) and Theorem 1.
   """
-  _check_lr(learning_rate, weight_decay)
+  _check_rate_and_decay(learning_rate, weight_decay)
   return optax.chain(
       optax.add_decayed_weights(weight_decay),
       heavy_ball(beta, ema=True, init="first"),
@@ -315,7 +315,7 @@ def nigt(learning_rate: ScalarOrSchedule, beta: ScalarOrSchedule = 0.9,
   References:
     Cutkosky & Mehta, *Momentum Improves Normalized SGD*, ICML 2020, Alg. 1.
   """
-  _check_lr(learning_rate, weight_decay)
+  _check_rate_and_decay(learning_rate, weight_decay)
   return optax.chain(
       optax.add_decayed_weights(weight_decay),
       heavy_ball(beta, ema=True, init="first"),
@@ -387,7 +387,7 @@ def adaptive_nigt(learning_rate: ScalarOrSchedule = 1.0,
     Cutkosky & Mehta, *Momentum Improves Normalized SGD*, ICML 2020, Alg. 2
     and Theorem 4.
   """
-  _check_lr(learning_rate, weight_decay)
+  _check_rate_and_decay(learning_rate, weight_decay)
   check_in_range("gradient_bound", gradient_bound, 1e-30, float("inf"),
                  high_inclusive=False)
   c_const = (7.0 / (26.0 * gradient_bound ** (6.0 / 7.0))) ** 0.5
@@ -486,7 +486,7 @@ def qhm(learning_rate: ScalarOrSchedule, beta: ScalarOrSchedule = 0.9,
     ICLR 2019; Kamo & Iiduka, mini-batch QHM with increasing batch size,
     Alg. 1.
   """
-  _check_lr(learning_rate, weight_decay)
+  _check_rate_and_decay(learning_rate, weight_decay)
   return optax.chain(
       optax.add_decayed_weights(weight_decay),
       qh_combine(beta, nu),

@@ -144,6 +144,11 @@ def divide_by_norm(x: jax.Array, norm: jax.Array) -> jax.Array:
   return (x.astype(dtype) / safe).astype(x.dtype)
 
 
+def example_sum_sq(x: jax.Array) -> jax.Array:
+  """The sum of squares of each example (axis 0) of ``x``."""
+  return jnp.sum(jnp.square(x), tuple(range(1, x.ndim)))
+
+
 def example_norms(sq_fn, *arrays) -> jax.Array:
   """Per-example norms ``sqrt(sq_fn(*arrays))``, exact at any magnitude.
 

@@ -46,7 +46,8 @@ def per_example_block_norms(
   Memory (exact path): per-example gradients are materialised for
   ``chunk_size`` examples at a time (``lax.map`` over chunks), so the peak
   extra memory is about ``chunk_size x`` the size of the params. Norms are
-  accumulated in float32 or wider (plain sum of squares per example).
+  accumulated in float32 or wider and are exact at any magnitude (both paths
+  rescue sums of squares that overflow or underflow).
 
   Args:
     loss_fn: ``loss_fn(params, batch) -> scalar mean loss`` over a batch whose
@@ -118,7 +119,8 @@ def per_example_block_norms(
 
   def per_chunk(chunk_batch):
     losses, grads = jax.vmap(one)(chunk_batch)
-    leaf_norms = [numerics.example_norms(_sum_sq, g.astype(dtype))
+    leaf_norms = [numerics.example_norms(numerics.example_sum_sq,
+                                         g.astype(dtype))
                   for g in jax.tree.leaves(grads)]
     return (jnp.sum(losses), jax.tree.map(lambda g: jnp.sum(g, 0), grads),
             jnp.sum(_group_norms(leaf_norms, resolved), 1))
@@ -131,10 +133,6 @@ def per_example_block_norms(
                        grads, params)
   norms = jnp.sum(norms, 0) / size
   return loss, grads, blocks_lib.to_tree(resolved, list(norms), params)
-
-
-def _sum_sq(x):
-  return jnp.sum(jnp.square(x), tuple(range(1, x.ndim)))
 
 
 def _group_norms(leaf_norms, resolved) -> jax.Array:

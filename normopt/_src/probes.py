@@ -25,9 +25,11 @@ kernel gets the same identity with ``T`` = output positions. Any other layer
 can be wrapped with :func:`probed`, which takes the per-example gradients of
 that layer alone (``vmap`` of its ``vjp``).
 
-Norms are accumulated in float32 or wider, exact at any magnitude (the
-overflow/underflow rescue of :func:`normopt.normalize_global` runs only when
-a fast sum of squares fails).
+Norms are accumulated in float32 or wider. A probed layer computes them
+plainly (its sums of squares can overflow or underflow at extreme gradient
+scales); :func:`normopt.per_example_block_norms` checks the result and, only
+when a block's norm is not finite or too small, redoes the pass with
+max-scaled, exact norms (:func:`safe_norms`).
 """
 
 from __future__ import annotations
@@ -81,10 +83,6 @@ def _dense_sq_norms(a, d):
     return jnp.sum(gram_a * gram_d, (1, 2))
   per_example = jnp.einsum("bti,bto->bio", a, d)
   return jnp.sum(per_example * per_example, (1, 2))
-
-
-def _sum_sq(x):
-  return jnp.sum(x * x, tuple(range(1, x.ndim)))
 
 
 # Whether probed layers compute their norms overflow-safe (a lax.cond per
@@ -150,7 +148,7 @@ def _bias_bwd(safe, res, g):
   bias, probe = res
   per_example = _rows(g, g.shape[0]).sum(1)
   d_bias = g.reshape(-1, g.shape[-1]).sum(0).astype(bias.dtype)
-  norms = _norms(safe, _sum_sq, per_example)
+  norms = _norms(safe, numerics.example_sum_sq, per_example)
   return g, d_bias, norms.astype(probe.dtype)
 
 
@@ -254,9 +252,9 @@ def probed(fn: Callable[[Any, jax.Array], jax.Array]
 
     per_example = jax.vmap(one)(x, g)  # this layer's params only, times B
     norms = jax.tree.map(
-        lambda d, p: _norms(
-            safe, _sum_sq, d.astype(numerics.accumulation_dtype(d.dtype))
-        ).astype(p.dtype), per_example, probes)
+        lambda d, p: _norms(safe, numerics.example_sum_sq, d.astype(
+            numerics.accumulation_dtype(d.dtype))).astype(p.dtype),
+        per_example, probes)
     return d_params, d_x, norms
 
   call.defvjp(fwd, bwd)
