@@ -122,6 +122,29 @@ def lars(grad, w, steps, lr, momentum, wd, coeff, selected, nesterov=False):
   return w
 
 
+def lamb(grad, w, steps, lr, b1, b2, eps, wd, selected):
+  """LAMB (You et al. 2020, Alg. 2): Adam's bias-corrected direction plus
+  decoupled decay, scaled per block by ``‖w‖ / ‖r + λw‖`` (φ = identity);
+  unselected blocks take the plain Adam step without decay. A zero ``‖w‖``
+  counts as 1 (normopt's choice; the paper leaves it undefined)."""
+  m = [np.zeros_like(x) for x in w]
+  v = [np.zeros_like(x) for x in w]
+  for t in range(steps):
+    g = grad(w, t)
+    m = [b1 * mi + (1 - b1) * gi for mi, gi in zip(m, g)]
+    v = [b2 * vi + (1 - b2) * gi * gi for vi, gi in zip(v, g)]
+    step = []
+    for mi, vi, wi, keep in zip(m, v, w, selected):
+      r = (mi / (1 - b1 ** (t + 1))) / (np.sqrt(vi / (1 - b2 ** (t + 1))) + eps)
+      if keep:
+        r = r + wd * wi
+        wn, rn = norm([wi]), norm([r])
+        r = (wn if wn > 0 else 1.0) / rn * r if rn > 0 else 0.0 * r
+      step.append(r)
+    w = [wi - lr * si for wi, si in zip(w, step)]
+  return w
+
+
 def clars(grad, example_grads, w, steps, lr, beta, coeff, selected):
   """CLARS paper, Alg. 1 with eq. (4)-(5), written in its v/w form.
 

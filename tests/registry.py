@@ -17,6 +17,7 @@ ALIASES = {
                                 trust_coefficient=0.01)),
     "clars": (normopt.clars, dict(learning_rate=5.0, momentum=0.9,
                                   trust_coefficient=0.01)),
+    "lamb": (normopt.lamb, dict(learning_rate=0.02)),
     "normalized_sgdm": (normopt.normalized_sgdm,
                         dict(learning_rate=0.1, beta=0.9)),
     "nigt": (normopt.nigt, dict(learning_rate=0.1, beta=0.9)),

@@ -188,6 +188,57 @@ def _extra_for(name, grads, params):
   return extra
 
 
+HOW = ("argument", "constant", "computed")
+
+
+def _scaled_step(name, params, base, scale, how):
+  """One jitted update whose gradient ``base * scale`` reaches XLA as a jit
+  argument, as a closed-over constant, or computed inside the jit."""
+  tx = registry.make(name)
+  state = tx.init(params)
+
+  def scale_fn(g):
+    return jax.tree.map(
+        lambda x: (x.astype(jnp.float32) * scale).astype(x.dtype), g)
+
+  def update(grads, state, params):
+    extra = registry.extra_args(name, grads, params)
+    return tx.update(grads, state, params, **extra)[0]
+
+  held = jax.jit(scale_fn)(base)
+  if how == "argument":
+    out = jax.jit(update)(held, state, params)
+  elif how == "constant":
+    out = jax.jit(lambda s, p: update(held, s, p))(state, params)
+  else:
+    out = jax.jit(lambda g, s, p: update(scale_fn(g), s, p))(base, state,
+                                                             params)
+  return out, held
+
+
+@pytest.mark.parametrize("how", HOW)
+@pytest.mark.parametrize("kind", ["tiny", "huge"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", sorted(SCALE_FREE))
+def test_scale_free_whatever_the_compiler_sees(name, dtype, kind, how):
+  """1e±30 (float16: 1e-4 and squares beyond its range) gives the unit-scale
+  step whether the gradient is a jit argument, a constant XLA can fold, or
+  computed inside the jit: the rescue must not rest on the simplifier."""
+  params, base = _tree(dtype, 0), _tree(dtype, 1)
+  scale = SCALES[dtype][kind]
+  updates, held = _scaled_step(name, params, base, scale, how)
+  keys = "w" if name in ("lars", "clars") else "wb"
+  _assert_dtypes(updates, params)
+  reference = jax.tree.map(lambda s: jnp.asarray(
+      np.asarray(s, np.float64) / scale, jnp.float32), held)
+  (want, _), _ = _step(name, jax.tree.map(
+      lambda p: p.astype(jnp.float32), params), reference)
+  rtol = {"float32": 1e-5, "bfloat16": 2e-2, "float16": 2e-3}[dtype]
+  for k in keys:
+    np.testing.assert_allclose(np.asarray(updates[k], np.float32),
+                               np.asarray(want[k]), rtol=rtol, atol=1e-6)
+
+
 def test_matrix_size():
   """The README reports this count."""
-  assert len(NAMES) * len(DTYPES) * len(INPUTS) == 396
+  assert len(NAMES) * len(DTYPES) * len(INPUTS) == 432

@@ -74,6 +74,25 @@ def test_lars_equals_optax_lars_where_defined_alike():
   check(ours, trees.blocks(theirs))
 
 
+@pytest.mark.parametrize("mask", [None, True])
+def test_lamb(mask):
+  p = LeastSquares()
+  got, _ = run(normopt.lamb(0.01, b1=0.8, b2=0.99, eps=1e-6,
+                            weight_decay=1e-2, mask=mask), p)
+  check(got, reference.lamb(p.grad, p.w0, STEPS, 0.01, 0.8, 0.99, 1e-6, 1e-2,
+                            selected=[mask is True, True]))
+
+
+def test_lamb_equals_optax_lamb_with_every_leaf_masked_in():
+  """20 steps, weight decay included (float64, rtol 1e-6)."""
+  p = LeastSquares()
+  ours, _ = run(normopt.lamb(0.01, b1=0.9, b2=0.999, eps=1e-6,
+                             weight_decay=1e-2, mask=True), p, steps=20)
+  theirs, _ = run(optax.lamb(0.01, 0.9, 0.999, 1e-6, weight_decay=1e-2), p,
+                  steps=20)
+  check(ours, trees.blocks(theirs))
+
+
 def test_clars():
   p = LeastSquares()
   got, _ = run(normopt.clars(1.0, 0.9, trust_coefficient=0.01), p,

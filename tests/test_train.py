@@ -188,7 +188,7 @@ def test_increasing_batch_benchmark_writes_results(tmp_path):
 
 def test_step_speed_smoke(tmp_path, capsys):
   """Runs the benchmark on a tiny tree; checks the table, not the times."""
-  from benchmarks import step_speed
+  from benchmarks.speed import step_speed
   out = tmp_path / "rows.json"
   step_speed.main(["--trees", "tiny", "--reps", "2", "--json", str(out),
                    "--train_step", "--width", "16"])
@@ -204,7 +204,7 @@ def test_step_speed_smoke(tmp_path, capsys):
 
 def test_per_example_speed_smoke(tmp_path, capsys):
   """Runs and prints its table; no timing is asserted."""
-  from benchmarks import per_example_speed
+  from benchmarks.speed import per_example_speed
   out = tmp_path / "rows.json"
   per_example_speed.main(["--batch", "8", "--reps", "1", "--chunk", "4",
                           "--json", str(out)])

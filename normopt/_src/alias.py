@@ -20,7 +20,16 @@ from normopt._src.hyperparams import (
 )
 from normopt._src.momentum import heavy_ball, qh_combine
 from normopt._src.normalize import normalize_global, normalize_per_block
-from normopt._src.trust import Mask, trust_ratio
+from normopt._src.trust import Mask, exclude_bias_and_norm, trust_ratio
+
+
+def _float_updates() -> optax.GradientTransformation:
+  """The identity, raising normopt's TypeError on non-float leaves."""
+  def check(updates, params=None):
+    del params
+    numerics.check_float_leaves(jax.tree.leaves(updates))
+    return updates
+  return optax.stateless(check)
 
 
 def _check_rate_and_decay(learning_rate, weight_decay):
@@ -522,3 +531,71 @@ def snag(learning_rate: ScalarOrSchedule, beta: ScalarOrSchedule = 0.9,
     Gitman et al., 2019; QHM increasing-batch paper, Sec. 1.
   """
   return qhm(learning_rate, beta, beta, weight_decay)
+
+
+def lamb(learning_rate: ScalarOrSchedule, *, b1: float = 0.9,
+         b2: float = 0.999, eps: float = 1e-6, weight_decay: float = 0.0,
+         mask: Mask = None, axis_name: str | None = None,
+         ) -> optax.GradientTransformationExtraArgs:
+  r"""Layer-wise adaptive moments (LAMB): Adam directions, LARS-style ratios.
+
+  .. math::
+    r_t = \frac{\hat m_t}{\sqrt{\hat v_t} + \epsilon}, \qquad
+    w^{(s)} \leftarrow w^{(s)} - \eta\,
+      \frac{\|w^{(s)}\|}{\|r^{(s)}_t + \lambda w^{(s)}\|}
+      \left(r^{(s)}_t + \lambda w^{(s)}\right),
+
+  with :math:`\hat m, \hat v` Adam's bias-corrected moments. The chain is
+  ``optax.scale_by_adam`` → decayed weights → :func:`trust_ratio` with
+  coefficient 1 → ``-lr``, so the ratio's norms are normopt's (float32 or
+  wider, exact at any scale). With ``mask=True`` it equals
+  ``optax.lamb(learning_rate, b1, b2, eps, weight_decay=weight_decay)``
+  step for step. It differs only where optax's is unsafe: a block with
+  ``‖w‖ = 0`` takes a step of norm ``lr`` (optax: ratio 1, the raw Adam step),
+  and norms do not overflow. ``mask`` (default: all but biases and
+  normalization params, as for :func:`lars`) selects the leaves that get
+  weight decay and the trust ratio; the others take plain Adam steps.
+
+  Args:
+    learning_rate: η, a constant or an optax schedule.
+    b1: Adam's first-moment decay.
+    b2: Adam's second-moment decay.
+    eps: added to :math:`\sqrt{\hat v}` (as in optax.lamb).
+    weight_decay: λ, decoupled (added to the Adam direction).
+    mask: which leaves get weight decay and the trust ratio (``None``:
+      all but biases and normalization params; ``True``: all).
+    axis_name: the mapped axis (``pmap``/``shard_map``) over which each
+      leaf is sharded; squared norms are summed over it.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` (it needs ``params``).
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax, normopt
+    >>> w = {'k': jnp.ones((2, 2))}
+    >>> tx = normopt.lamb(0.1, mask=True)
+    >>> state = tx.init(w)
+    >>> for _ in range(3):
+    ...   g = jax.grad(lambda p: jnp.sum((p['k'] - 3.) ** 2))(w)
+    ...   u, state = tx.update(g, state, w)
+    ...   w = optax.apply_updates(w, u)
+    >>> round(float(w['k'][0, 0]), 2)
+    1.3
+
+  References:
+    You et al., *Large Batch Optimization for Deep Learning: Training BERT
+    in 76 minutes*, ICLR 2020, Alg. 2, https://arxiv.org/abs/1904.00962.
+  """
+  _check_rate_and_decay(learning_rate, weight_decay)
+  check_in_range("b1", b1, 0.0, 1.0, high_inclusive=False)
+  check_in_range("b2", b2, 0.0, 1.0, high_inclusive=False)
+  check_non_negative("eps", eps)
+  decay_mask = None if mask is True else (
+      exclude_bias_and_norm if mask is None else mask)
+  return optax.chain(
+      _float_updates(),  # a clear TypeError before scale_by_adam's
+      optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
+      optax.add_decayed_weights(weight_decay, mask=decay_mask),
+      trust_ratio("lars", 1.0, mask=mask, axis_name=axis_name),
+      optax.scale_by_learning_rate(learning_rate),
+  )

@@ -8,9 +8,13 @@ Every reduction in normopt goes through :func:`block_norms`:
   small that squares flushed to zero (subnormals) could change it by more
   than a rounding error (below ``n * tiny / eps`` for ``n`` terms, about
   ``1e-31 n`` in float32); only then a ``lax.cond`` takes
-  the rescue branch, which divides every block by its largest magnitude first.
-  Gradients scaled by 1e30 or 1e-30 therefore give exact norms, and the
-  common case pays for one pass over the data;
+  the rescue branch, which multiplies every block by ``2^-e``, the power of
+  two of its largest magnitude (exact), behind
+  ``jax.lax.optimization_barrier`` so that XLA's simplifier cannot fold the
+  scale back out of the sum (it did, for closed-over constants). Gradients
+  scaled by 1e30 or 1e-30 therefore give exact norms whether they are jit
+  arguments, constants or computed inside jit, and the common case pays for
+  one pass over the data;
 * a zero block has norm exactly zero and dividing by it is never done:
   :func:`divide_by_norm` divides by one instead.
 """
@@ -22,6 +26,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Groups = Sequence[Sequence[int]]
 
@@ -64,22 +69,53 @@ def axpby(a, x, b, y):
   return jax.tree.map(one, x, y)
 
 
+def pow2_exponent(m: jax.Array) -> jax.Array:
+  """The exponent ``e`` with ``m = f 2^e``, ``f`` in [0.5, 1), clamped so that
+  ``2^e`` and ``2^-e`` are normal numbers of ``m``'s dtype (0 for ``m = 0``)."""
+  info = jnp.finfo(m.dtype)
+  _, e = jnp.frexp(m)
+  return jnp.clip(e, info.minexp, info.maxexp - 2)
+
+
+def pow2_rescale(x: jax.Array, e: jax.Array) -> jax.Array:
+  """``x * 2^-e``, exact, behind an optimization barrier.
+
+  Multiplying by a power of two only shifts exponents, so the rescaled
+  values are exact. The barrier keeps XLA's algebraic simplifier from
+  moving the scale across a later reduction (``sum((x s)²)`` rewritten as
+  ``s² sum(x²)``, which overflows again): it has done so for closed-over
+  constants, and a rescue that works only until the compiler reassociates
+  it is not exact.
+  """
+  scale = jnp.ldexp(jnp.ones_like(e, x.dtype), -e)
+  return jax.lax.optimization_barrier(x * scale)
+
+
 def _rescued_sq_norms(leaves, groups: Groups, dtype, axis_name):
-  """Squared block norms computed as ``m² Σ (x/m)²`` with ``m = max |x|``."""
-  maxes = jnp.stack([jnp.max(jnp.abs(x), initial=0).astype(dtype)
-                     for x in leaves])
-  group_max = jnp.stack([jnp.max(maxes[jnp.asarray(g)]) for g in groups])
+  """Squared block norms over ``2^{2e}`` and the exponents ``e`` of the
+  block maxima: ``‖x‖² = 2^{2e} Σ (x 2^{-e})²``.
+
+  All grouped leaves are raveled into one vector with a segment id per
+  block, so the rescue compiles to a few fused loops whatever the number of
+  leaves (a loop per leaf doubled the compile time of every method).
+  """
+  members = [(k, i) for k, g in enumerate(groups) for i in g]
+  flat = jnp.concatenate([jnp.ravel(leaves[i]).astype(dtype)
+                          for _, i in members])
+  segments = np.repeat(np.asarray([k for k, _ in members], np.int32),
+                       [leaves[i].size for _, i in members])
+  num = len(groups)
+  block_max = jnp.maximum(jax.ops.segment_max(
+      jnp.abs(flat), segments, num, indices_are_sorted=True), 0)
   if axis_name is not None:
-    group_max = jax.lax.pmax(group_max, axis_name)
-  safe_max = jnp.where(group_max > 0, group_max, 1)
-  sums = []
-  for k, g in enumerate(groups):
-    sums.append(sum(jnp.sum(jnp.square(leaves[i].astype(dtype) / safe_max[k]))
-                    for i in g))
-  scaled = jnp.stack(sums)
+    block_max = jax.lax.pmax(block_max, axis_name)
+  e = pow2_exponent(block_max)
+  scaled = pow2_rescale(flat, e[segments])
+  sums = jax.ops.segment_sum(jnp.square(scaled), segments, num,
+                             indices_are_sorted=True)
   if axis_name is not None:
-    scaled = jax.lax.psum(scaled, axis_name)
-  return scaled, group_max
+    sums = jax.lax.psum(sums, axis_name)
+  return sums, e
 
 
 def underflow_threshold(dtype, sizes):
@@ -108,7 +144,7 @@ def block_norms(leaves, groups: Groups, axis_name=None) -> jax.Array:
     leaves (float32 unless x64 leaves are present).
   """
   dtype = _common_dtype(leaves)
-  if not leaves:
+  if not leaves or not groups:
     return jnp.zeros((len(groups),), dtype)
   sq = jnp.stack([
       sum((jnp.sum(jnp.square(leaves[i].astype(dtype))) for i in g),
@@ -122,8 +158,8 @@ def block_norms(leaves, groups: Groups, axis_name=None) -> jax.Array:
     return jnp.sqrt(sq)
 
   def rescue(_):
-    scaled, group_max = _rescued_sq_norms(leaves, groups, dtype, axis_name)
-    return jnp.where(bad, group_max * jnp.sqrt(scaled), jnp.sqrt(sq))
+    scaled, e = _rescued_sq_norms(leaves, groups, dtype, axis_name)
+    return jnp.where(bad, jnp.ldexp(jnp.sqrt(scaled), e), jnp.sqrt(sq))
 
   return jax.lax.cond(jnp.any(bad), rescue, fast, None)
 
@@ -165,21 +201,22 @@ def example_norms(sq_fn, *arrays) -> jax.Array:
   bad = ~jnp.isfinite(sq) | (sq < underflow_threshold(sq.dtype, terms))
 
   def rescue(_):
-    maxes = [jnp.max(jnp.abs(x), axis=tuple(range(1, x.ndim)), initial=0)
-             for x in arrays]
-    safe = [jnp.where(m > 0, m, 1).astype(sq.dtype) for m in maxes]
-    scaled = sq_fn(*[(x / s.reshape((-1,) + (1,) * (x.ndim - 1))).astype(
-        sq.dtype) for x, s in zip(arrays, safe)])
-    scale = functools.reduce(jnp.multiply, maxes).astype(sq.dtype)
-    return jnp.where(bad, scale * jnp.sqrt(scaled), jnp.sqrt(sq))
+    cast = [x.astype(sq.dtype) for x in arrays]
+    exps = [pow2_exponent(jnp.max(jnp.abs(x), axis=tuple(range(1, x.ndim)),
+                                  initial=0)) for x in cast]
+    scaled = sq_fn(*[pow2_rescale(x, e.reshape((-1,) + (1,) * (x.ndim - 1)))
+                     for x, e in zip(cast, exps)])
+    return jnp.where(bad, jnp.ldexp(jnp.sqrt(scaled), sum(exps)), jnp.sqrt(sq))
 
   return jax.lax.cond(jnp.any(bad), rescue, lambda _: jnp.sqrt(sq), None)
 
 
 def hypot(norms: Sequence[jax.Array]) -> jax.Array:
   """``sqrt(sum of n**2)`` over a list of equally shaped norms, without
-  overflow or underflow (each is divided by their largest first)."""
+  overflow or underflow (each is rescaled by the power of two of their
+  largest first)."""
   top = functools.reduce(jnp.maximum, norms)
-  safe = jnp.where((top > 0) & jnp.isfinite(top), top, 1)
-  total = sum(jnp.square(n / safe) for n in norms)
-  return jnp.where(jnp.isfinite(top), safe * jnp.sqrt(total), top)
+  finite = jnp.isfinite(top)
+  e = pow2_exponent(jnp.where(finite, top, 0))
+  total = sum(jnp.square(pow2_rescale(n, e)) for n in norms)
+  return jnp.where(finite, jnp.ldexp(jnp.sqrt(total), e), top)

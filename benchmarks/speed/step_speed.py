@@ -8,8 +8,8 @@ round in a fresh order), and reported as medians and as ratios to the fused
 axpy ``w - lr*g`` (3 streams: read w, read g, write w) and to the optax
 equivalent. ``floor`` is each method's stream count / 3.
 
-    python -m benchmarks.step_speed                      # all trees
-    python -m benchmarks.step_speed --trees resnet50 --reps 30 --json out.json
+    python -m benchmarks.speed.step_speed                      # all trees
+    python -m benchmarks.speed.step_speed --trees resnet50 --reps 30 --json out.json
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 import optax
 
 import normopt
-from benchmarks.timing import finish, interleaved_medians
+from benchmarks.speed.timing import finish, interleaved_medians
 
 LR, BETA = 0.1, 0.9
 
@@ -86,6 +86,8 @@ def candidates(params):
       "optax.lars": (optax.lars(LR, momentum=BETA), None, 7, {}),
       "clars": (normopt.clars(LR, BETA, mask=True), "optax.lars", 6,
                 {"per_example_norms": per_example}),
+      "lamb": (normopt.lamb(LR, mask=True), "optax.lamb", 7, {}),
+      "optax.lamb": (optax.lamb(LR), None, 7, {}),
       "normalized_sgdm": (normopt.normalized_sgdm(LR, BETA),
                           "optax nsgdm chain", 6, {}),
       "optax nsgdm chain": (nsgdm_optax, None, 6, {}),

@@ -13,8 +13,8 @@ three unfolded convolutions + two dense layers, 32k params):
 
 Each returns the loss and the mean gradient; the last three also the norms.
 
-    python -m benchmarks.per_example_speed                # batch 256 and 1024
-    python -m benchmarks.per_example_speed --batch 4096 --reps 10 --json o.json
+    python -m benchmarks.speed.per_example_speed                # batch 256 and 1024
+    python -m benchmarks.speed.per_example_speed --batch 4096 --reps 10 --json o.json
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from flax import nnx
 
 import normopt
 from benchmarks import models
-from benchmarks.timing import finish, interleaved_medians
+from benchmarks.speed.timing import finish, interleaved_medians
 
 
 def measure(batch: int, reps: int, chunk: int) -> list[dict]:

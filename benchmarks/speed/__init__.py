@@ -1,0 +1,1 @@
+"""Speed micro-benchmarks: step time, per-example norms, compile time."""
