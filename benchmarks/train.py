@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -61,6 +62,26 @@ class Config:
   stop_after: int | None = None  # stop after this epoch (simulates pre-emption)
 
 
+# The keyword arguments of each normopt method taken from the config.
+_KEYWORDS = {
+    "sngm": ("beta", "weight_decay"), "sngd": ("weight_decay",),
+    "block_sngm": ("beta", "weight_decay"), "normalized_sgdm": ("beta",
+                                                                "weight_decay"),
+    "nigt": ("beta", "weight_decay"), "nshb": ("beta", "weight_decay"),
+    "snag": ("beta", "weight_decay"), "qhm": ("beta", "nu", "weight_decay"),
+    "lars": ("momentum", "weight_decay", "trust_coefficient"),
+    "clars": ("momentum", "weight_decay", "trust_coefficient"),
+    "lamb": ("weight_decay",),
+}
+
+
+def _normopt_method(name, c, lr):
+  """``normopt.<name>(learning_rate=lr, **keywords from the config)``."""
+  values = {**dataclasses.asdict(c), "momentum": c.beta}
+  return getattr(normopt, name)(
+      learning_rate=lr, **{k: values[k] for k in _KEYWORDS[name]})
+
+
 def method_names() -> list[str]:
   return sorted(_METHODS)
 
@@ -72,20 +93,10 @@ _METHODS = {
     "optax_lars": lambda c, lr: optax.lars(
         lr, weight_decay=c.weight_decay, trust_coefficient=c.trust_coefficient,
         momentum=c.beta),
-    # normopt
-    "sngm": lambda c, lr: normopt.sngm(lr, c.beta, c.weight_decay),
-    "sngd": lambda c, lr: normopt.sngd(lr, c.weight_decay),
-    "block_sngm": lambda c, lr: normopt.block_sngm(lr, c.beta, c.weight_decay),
-    "lars": lambda c, lr: normopt.lars(lr, c.beta, c.weight_decay,
-                                       c.trust_coefficient),
-    "clars": lambda c, lr: normopt.clars(lr, c.beta, c.weight_decay,
-                                         c.trust_coefficient),
-    "normalized_sgdm": lambda c, lr: normopt.normalized_sgdm(
-        lr, c.beta, c.weight_decay),
-    "nigt": lambda c, lr: normopt.nigt(lr, c.beta, c.weight_decay),
-    "qhm": lambda c, lr: normopt.qhm(lr, c.beta, c.nu, c.weight_decay),
-    "nshb": lambda c, lr: normopt.nshb(lr, c.beta, c.weight_decay),
-    "snag": lambda c, lr: normopt.snag(lr, c.beta, c.weight_decay),
+    # normopt: built by name and keywords
+    **{name: functools.partial(_normopt_method, name) for name in (
+        "sngm", "sngd", "block_sngm", "lars", "clars", "normalized_sgdm",
+        "nigt", "qhm", "nshb", "snag", "lamb")},
 }
 
 

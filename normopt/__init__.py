@@ -1,9 +1,8 @@
 """normopt: normalized optimizers for large-batch training, on JAX and Optax."""
 
 from normopt import schedules
+from normopt._src.adaptive_nigt import AdaptiveNigtState, adaptive_nigt
 from normopt._src.alias import (
-                                AdaptiveNigtState,
-                                adaptive_nigt,
                                 block_sngm,
                                 clars,
                                 lamb,
@@ -31,11 +30,13 @@ from normopt._src.normalize import (
 )
 from normopt._src.per_example import per_example_block_norms
 from normopt._src.probes import norm_probes, probed, probed_dense
+from normopt._src.telemetry import TRUST_STATUS, telemetry
 from normopt._src.trust import TrustRatioState, exclude_bias_and_norm, trust_ratio
 
 __version__ = "0.1.0"
 
 __all__ = (
+    "TRUST_STATUS",
     "AdaptiveNigtState",
     "HeavyBallState",
     "IgtExtrapolateState",
@@ -68,5 +69,6 @@ __all__ = (
     "sngd",
     "sngm",
     "snag",
+    "telemetry",
     "trust_ratio",
 )

@@ -61,15 +61,15 @@ def test_block_sngm():
 @pytest.mark.parametrize("nesterov", [False, True])
 def test_lars(nesterov):
   p = LeastSquares()
-  got, _ = run(normopt.lars(2.0, 0.9, 1e-3, trust_coefficient=0.01,
-                            nesterov=nesterov), p)
+  got, _ = run(normopt.lars(2.0, momentum=0.9, weight_decay=1e-3,
+                            trust_coefficient=0.01, nesterov=nesterov), p)
   check(got, reference.lars(p.grad, p.w0, STEPS, 2.0, 0.9, 1e-3, 0.01,
                             selected=[False, True], nesterov=nesterov))
 
 
 def test_lars_equals_optax_lars_where_defined_alike():
   p = LeastSquares()
-  ours, _ = run(normopt.lars(2.0, 0.9, trust_coefficient=0.01, mask=True), p)
+  ours, _ = run(normopt.lars(2.0, momentum=0.9, trust_coefficient=0.01, mask=True), p)
   theirs, _ = run(optax.lars(2.0, trust_coefficient=0.01, momentum=0.9), p)
   check(ours, trees.blocks(theirs))
 
@@ -95,7 +95,7 @@ def test_lamb_equals_optax_lamb_with_every_leaf_masked_in():
 
 def test_clars():
   p = LeastSquares()
-  got, _ = run(normopt.clars(1.0, 0.9, trust_coefficient=0.01), p,
+  got, _ = run(normopt.clars(1.0, momentum=0.9, trust_coefficient=0.01), p,
                extra=lambda params, t: {
                    "per_example_norms": p.jax_example_norms(params, t)})
   check(got, reference.clars(p.grad, p.example_grads, p.w0, STEPS, 1.0, 0.9,
@@ -140,7 +140,7 @@ def test_qhm_with_epoch_like_schedules():
     return 0.1 / (1 + k // 25)
   def beta(k):
     return 0.9 * 0.5 ** (k // 30)
-  got, _ = run(normopt.qhm(lr, beta, 0.7, weight_decay=1e-3), p)
+  got, _ = run(normopt.qhm(lr, beta=beta, nu=0.7, weight_decay=1e-3), p)
   check(got, reference.qhm(p.grad, p.w0, STEPS, lr, beta, 0.7, 1e-3))
 
 
@@ -148,12 +148,12 @@ def test_qhm_reductions():
   p = LeastSquares()
   a, b = 0.1, 0.9
   sgd, _ = run(optax.sgd(a), p)
-  check(run(normopt.qhm(a, b, 0.0), p)[0], trees.blocks(sgd))
+  check(run(normopt.qhm(a, beta=b, nu=0.0), p)[0], trees.blocks(sgd))
   # ν = β: Nesterov SGD with learning rate α (1 - β) (d = (1 - β) · trace).
   nest, _ = run(optax.sgd(a * (1 - b), momentum=b, nesterov=True), p)
-  check(run(normopt.snag(a, b), p)[0], trees.blocks(nest))
+  check(run(normopt.snag(a, beta=b), p)[0], trees.blocks(nest))
   # ν = 1: heavy ball damped by (1 - β), i.e. SGD momentum at lr α (1 - β).
   hb, _ = run(optax.sgd(a * (1 - b), momentum=b), p)
-  check(run(normopt.nshb(a, b), p)[0], trees.blocks(hb))
-  check(run(normopt.nshb(a, b), p)[0],
+  check(run(normopt.nshb(a, beta=b), p)[0], trees.blocks(hb))
+  check(run(normopt.nshb(a, beta=b), p)[0],
         reference.qhm(p.grad, p.w0, STEPS, a, b, 1.0))

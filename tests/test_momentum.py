@@ -26,7 +26,7 @@ def _grads(precision, n=50, seed=0):
 @pytest.mark.parametrize("init", ["zero", "first"])
 def test_heavy_ball_matches_reference(precision, nesterov, ema, init):
   grads = _grads(precision)
-  outs = _run(normopt.heavy_ball(0.9, nesterov, ema=ema, init=init), grads)
+  outs = _run(normopt.heavy_ball(0.9, nesterov=nesterov, ema=ema, init=init), grads)
   expected = reference.heavy_ball([trees.blocks(g) for g in grads], 0.9,
                                   nesterov, ema, init == "first")
   for u, e in zip(outs, expected):
@@ -49,7 +49,7 @@ def test_heavy_ball_schedule(precision):
                                      (0.0, 0.3)])
 def test_qh_combine_matches_reference(precision, beta, nu):
   grads = _grads(precision, seed=2)
-  outs = _run(normopt.qh_combine(beta, nu), grads)
+  outs = _run(normopt.qh_combine(beta, nu=nu), grads)
   expected = reference.qh_combine([trees.blocks(g) for g in grads], beta, nu)
   for u, e in zip(outs, expected):
     trees.assert_tree_matches(u, e, **trees.tol(precision))
@@ -58,7 +58,7 @@ def test_qh_combine_matches_reference(precision, beta, nu):
 def test_qh_combine_schedules(precision):
   grads = _grads(precision, seed=3)
   outs = _run(normopt.qh_combine(lambda k: 0.9 * 0.5 ** (k // 10),
-                                 lambda k: 0.7 * 0.5 ** (k // 20)), grads)
+                                 nu=lambda k: 0.7 * 0.5 ** (k // 20)), grads)
   expected = reference.qh_combine([trees.blocks(g) for g in grads],
                                   lambda k: 0.9 * 0.5 ** (k // 10),
                                   lambda k: 0.7 * 0.5 ** (k // 20))
@@ -66,8 +66,8 @@ def test_qh_combine_schedules(precision):
     trees.assert_tree_matches(u, e, **trees.tol(precision))
 
 
-@pytest.mark.parametrize("tx", [normopt.heavy_ball(0.9, True),
-                                normopt.qh_combine(0.9, 0.7)])
+@pytest.mark.parametrize("tx", [normopt.heavy_ball(0.9, nesterov=True),
+                                normopt.qh_combine(0.9, nu=0.7)])
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
 def test_dtype_kept(tx, dtype):
   g = {"a": jnp.ones((3, 2), dtype), "b": jnp.zeros((), dtype)}
@@ -82,16 +82,16 @@ def test_bad_hyperparameters_name_the_argument():
     with pytest.raises(ValueError, match="beta"):
       normopt.heavy_ball(bad)
     with pytest.raises(ValueError, match="beta"):
-      normopt.qh_combine(bad, 0.5)
+      normopt.qh_combine(bad, nu=0.5)
   with pytest.raises(ValueError, match="nu"):
-    normopt.qh_combine(0.5, 1.5)
+    normopt.qh_combine(0.5, nu=1.5)
   with pytest.raises(ValueError, match="init"):
     normopt.heavy_ball(0.5, init="ones")
 
 
 def test_inject_hyperparams_parity():
   grads = _grads("float32", n=10, seed=4)
-  plain = _run(normopt.heavy_ball(0.8, True), grads)
+  plain = _run(normopt.heavy_ball(0.8, nesterov=True), grads)
   injected = _run(optax.inject_hyperparams(normopt.heavy_ball)(beta=0.8,
                                                                nesterov=True),
                   grads)
@@ -103,7 +103,7 @@ class MomentumVariantsTest(chex.TestCase):
 
   @chex.variants(with_jit=True, without_jit=True)
   def test_two_steps_by_hand(self):
-    tx = normopt.qh_combine(0.5, 0.5)
+    tx = normopt.qh_combine(0.5, nu=0.5)
     update = self.variant(tx.update)
     g = jnp.array([2.0])
     u1, s = update(g, tx.init(g))

@@ -19,7 +19,7 @@ def test_global_matches_reference(precision, eps):
   rng = np.random.default_rng(1)
   grads = [trees.random_tree(rng, dtype, scale=10.0 ** rng.integers(-3, 3))
            for _ in range(50)]
-  outs, state = trees.run_updates(normopt.normalize_global(eps), grads)
+  outs, state = trees.run_updates(normopt.normalize_global(eps=eps), grads)
   for g, u in zip(grads, outs):
     trees.assert_tree_matches(u, reference.normalize(trees.blocks(g), eps),
                               **trees.tol(precision))

@@ -44,13 +44,13 @@ def _updates(tx, params, grads, extra=lambda g: {}, **hyperparams):
 
 
 SCALE_FREE = {
-    "sngm": lambda: normopt.sngm(0.1, 0.9),
+    "sngm": lambda: normopt.sngm(0.1, beta=0.9),
     "sngd": lambda: normopt.sngd(0.1),
-    "block_sngm": lambda: normopt.block_sngm(0.1, 0.9),
-    "normalized_sgdm": lambda: normopt.normalized_sgdm(0.1, 0.9),
-    "nigt": lambda: normopt.nigt(0.1, 0.9),
-    "lars": lambda: normopt.lars(1.0, 0.9, trust_coefficient=0.01, mask=True),
-    "clars": lambda: normopt.clars(1.0, 0.9, mask=True),
+    "block_sngm": lambda: normopt.block_sngm(0.1, beta=0.9),
+    "normalized_sgdm": lambda: normopt.normalized_sgdm(0.1, beta=0.9),
+    "nigt": lambda: normopt.nigt(0.1, beta=0.9),
+    "lars": lambda: normopt.lars(1.0, momentum=0.9, trust_coefficient=0.01, mask=True),
+    "clars": lambda: normopt.clars(1.0, momentum=0.9, mask=True),
 }
 
 

@@ -16,7 +16,7 @@ from tests import reference, trees
 def test_lars_matches_reference(precision, wd, eps, use_mask):
   dtype = "float64" if precision == "float64" else "float32"
   rng = np.random.default_rng(0)
-  tx = normopt.trust_ratio("lars", 0.01, eps, wd,
+  tx = normopt.trust_ratio("lars", trust_coefficient=0.01, eps=eps, weight_decay=wd,
                            mask=None if use_mask else True)
   w = trees.random_tree(rng, dtype)
   state = tx.init(w)
@@ -32,7 +32,7 @@ def test_lars_matches_reference(precision, wd, eps, use_mask):
 
 
 def test_zero_params_and_zero_grads_are_safe():
-  tx = normopt.trust_ratio("lars", 0.001, mask=True)
+  tx = normopt.trust_ratio("lars", trust_coefficient=0.001, mask=True)
   w = {"zero": jnp.zeros((3, 3)), "live": jnp.ones((3, 3))}
   g = {"zero": jnp.ones((3, 3)), "live": jnp.zeros((3, 3))}
   u, state = tx.update(g, tx.init(w), w)
@@ -49,7 +49,7 @@ def test_zero_params_and_zero_grads_are_safe():
 def test_masked_blocks_pass_through_and_clip():
   w = {"kernel": jnp.full((2, 2), 100.0), "bias": jnp.ones((2,))}
   g = {"kernel": jnp.full((2, 2), 0.01), "bias": jnp.full((2,), 5.0)}
-  tx = normopt.trust_ratio("lars", 1.0, weight_decay=0.1, clip=2.0)
+  tx = normopt.trust_ratio("lars", trust_coefficient=1.0, weight_decay=0.1, clip=2.0)
   u, state = tx.update(g, tx.init(w), w)
   chex.assert_trees_all_equal(u["bias"], g["bias"])  # no decay, no scale
   assert float(state.ratios["kernel"]) == 2.0
@@ -61,7 +61,7 @@ def test_clars_uses_per_example_norms():
   w = {"k": jnp.full((2, 2), 2.0), "b": jnp.ones((2,))}
   g = {"k": jnp.full((2, 2), 0.5), "b": jnp.ones((2,))}
   norms = {"k": jnp.asarray(4.0), "b": jnp.asarray(1.0)}
-  tx = normopt.trust_ratio("clars", 1.0)
+  tx = normopt.trust_ratio("clars", trust_coefficient=1.0)
   u, _ = tx.update(g, tx.init(w), w, per_example_norms=norms)
   np.testing.assert_allclose(u["k"], 0.5 * 4.0 / 4.0)
   with pytest.raises(ValueError, match="per_example_norms"):
@@ -80,9 +80,9 @@ def test_axis_name_sums_norms_over_shards(kind):
   g = {"k": jnp.asarray(rng.standard_normal((8, 3)), jnp.float32)}
   extra = {"per_example_norms": {"k": jnp.asarray(2.5)}} if kind == "clars" \
       else {}
-  tx = normopt.trust_ratio(kind, 0.1, weight_decay=0.01, mask=True,
+  tx = normopt.trust_ratio(kind, trust_coefficient=0.1, weight_decay=0.01, mask=True,
                            axis_name="d")
-  whole, _ = normopt.trust_ratio(kind, 0.1, weight_decay=0.01,
+  whole, _ = normopt.trust_ratio(kind, trust_coefficient=0.1, weight_decay=0.01,
                                  mask=True).update(g, tx.init(w), w, **extra)
   shard = lambda x: x.reshape(n, 2, 3)  # noqa: E731
   u, _ = jax.pmap(lambda g, w: tx.update(g, tx.init(w), w, **extra),

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
-
 import jax
-import jax.numpy as jnp
 import optax
 
-from normopt._src import blocks as blocks_lib
 from normopt._src import numerics
-from normopt._src.blocks import BlockSpec
-from normopt._src.extrapolate import igt_extrapolate
-from normopt._src.hyperparams import (
+from normopt._src.base import (
   ScalarOrSchedule,
   check_in_range,
   check_non_negative,
-  evaluate,
 )
+from normopt._src.blocks import BlockSpec
+from normopt._src.extrapolate import igt_extrapolate
 from normopt._src.momentum import heavy_ball, qh_combine
 from normopt._src.normalize import normalize_global, normalize_per_block
 from normopt._src.trust import Mask, exclude_bias_and_norm, trust_ratio
@@ -37,8 +32,8 @@ def _check_rate_and_decay(learning_rate, weight_decay):
   check_non_negative("weight_decay", weight_decay)
 
 
-def sngm(learning_rate: ScalarOrSchedule, beta: ScalarOrSchedule = 0.9,
-         weight_decay: float = 0.0, eps: float = 0.0, *,
+def sngm(learning_rate: ScalarOrSchedule, *, beta: ScalarOrSchedule = 0.9,
+         weight_decay: float = 0.0, eps: float = 0.0,
          axis_name: str | None = None) -> optax.GradientTransformation:
   r"""Stochastic normalized gradient descent with momentum (SNGM).
 
@@ -78,14 +73,14 @@ def sngm(learning_rate: ScalarOrSchedule, beta: ScalarOrSchedule = 0.9,
   _check_rate_and_decay(learning_rate, weight_decay)
   return optax.chain(
       optax.add_decayed_weights(weight_decay),
-      normalize_global(eps, axis_name=axis_name),
+      normalize_global(eps=eps, axis_name=axis_name),
       heavy_ball(beta),
       optax.scale_by_learning_rate(learning_rate),
   )
 
 
-def sngd(learning_rate: ScalarOrSchedule, weight_decay: float = 0.0,
-         eps: float = 0.0, *, axis_name: str | None = None
+def sngd(learning_rate: ScalarOrSchedule, *, weight_decay: float = 0.0,
+         eps: float = 0.0, axis_name: str | None = None
          ) -> optax.GradientTransformation:
   """Stochastic normalized gradient descent: :func:`sngm` with ``β = 0``.
 
@@ -103,14 +98,15 @@ def sngd(learning_rate: ScalarOrSchedule, weight_decay: float = 0.0,
   _check_rate_and_decay(learning_rate, weight_decay)
   return optax.chain(
       optax.add_decayed_weights(weight_decay),
-      normalize_global(eps, axis_name=axis_name),
+      normalize_global(eps=eps, axis_name=axis_name),
       optax.scale_by_learning_rate(learning_rate),
   )
 
 
-def block_sngm(learning_rate: ScalarOrSchedule, beta: ScalarOrSchedule = 0.9,
-               weight_decay: float = 0.0, eps: float = 0.0,
-               blocks: BlockSpec = None, *, axis_name: str | None = None
+def block_sngm(learning_rate: ScalarOrSchedule, *,
+               beta: ScalarOrSchedule = 0.9, weight_decay: float = 0.0,
+               eps: float = 0.0, blocks: BlockSpec = None,
+               axis_name: str | None = None
                ) -> optax.GradientTransformation:
   r"""Block-wise SNGM: each block normalized by its own norm.
 
@@ -142,16 +138,17 @@ def block_sngm(learning_rate: ScalarOrSchedule, beta: ScalarOrSchedule = 0.9,
   _check_rate_and_decay(learning_rate, weight_decay)
   return optax.chain(
       optax.add_decayed_weights(weight_decay),
-      normalize_per_block(eps, blocks, axis_name=axis_name),
+      normalize_per_block(eps=eps, blocks=blocks, axis_name=axis_name),
       heavy_ball(beta),
       optax.scale_by_learning_rate(learning_rate),
   )
 
 
-def lars(learning_rate: ScalarOrSchedule, momentum: ScalarOrSchedule = 0.9,
-         weight_decay: float = 0.0, trust_coefficient: float = 0.001,
-         eps: float = 0.0, nesterov: bool = False, *,
-         mask: Mask = None, axis_name: str | None = None,
+def lars(learning_rate: ScalarOrSchedule, *, weight_decay: float = 0.0,
+         trust_coefficient: float = 0.001, eps: float = 0.0,
+         momentum: ScalarOrSchedule = 0.9, nesterov: bool = False,
+         mask: Mask = None, blocks: BlockSpec = None,
+         axis_name: str | None = None,
          ) -> optax.GradientTransformationExtraArgs:
   r"""Layer-wise adaptive rate scaling (LARS).
 
@@ -194,17 +191,18 @@ def lars(learning_rate: ScalarOrSchedule, momentum: ScalarOrSchedule = 0.9,
   _check_rate_and_decay(learning_rate, weight_decay)
   check_in_range("momentum", momentum, 0.0, 1.0, high_inclusive=False)
   return optax.chain(
-      trust_ratio("lars", trust_coefficient, eps, weight_decay, mask=mask,
+      trust_ratio("lars", trust_coefficient=trust_coefficient, eps=eps,
+                  weight_decay=weight_decay, mask=mask, blocks=blocks,
                   axis_name=axis_name),
       optax.scale_by_learning_rate(learning_rate),
-      heavy_ball(momentum, nesterov),
+      heavy_ball(momentum, nesterov=nesterov),
   )
 
 
-def clars(learning_rate: ScalarOrSchedule, momentum: ScalarOrSchedule = 0.9,
-          weight_decay: float = 0.0, trust_coefficient: float = 0.01,
-          eps: float = 0.0, *, mask: Mask = None,
-          axis_name: str | None = None,
+def clars(learning_rate: ScalarOrSchedule, *, weight_decay: float = 0.0,
+          trust_coefficient: float = 0.01, eps: float = 0.0,
+          momentum: ScalarOrSchedule = 0.9, mask: Mask = None,
+          blocks: BlockSpec = None, axis_name: str | None = None,
           ) -> optax.GradientTransformationExtraArgs:
   r"""Complete layer-wise adaptive rate scaling (CLARS), no warmup needed.
 
@@ -245,16 +243,17 @@ def clars(learning_rate: ScalarOrSchedule, momentum: ScalarOrSchedule = 0.9,
   _check_rate_and_decay(learning_rate, weight_decay)
   check_in_range("momentum", momentum, 0.0, 1.0, high_inclusive=False)
   return optax.chain(
-      trust_ratio("clars", trust_coefficient, eps, weight_decay, mask=mask,
+      trust_ratio("clars", trust_coefficient=trust_coefficient, eps=eps,
+                  weight_decay=weight_decay, mask=mask, blocks=blocks,
                   axis_name=axis_name),
       optax.scale_by_learning_rate(learning_rate),
       heavy_ball(momentum, nesterov=True),
   )
 
 
-def normalized_sgdm(learning_rate: ScalarOrSchedule,
+def normalized_sgdm(learning_rate: ScalarOrSchedule, *,
                     beta: ScalarOrSchedule = 0.9, weight_decay: float = 0.0,
-                    eps: float = 0.0, *, axis_name: str | None = None
+                    eps: float = 0.0, axis_name: str | None = None
                     ) -> optax.GradientTransformation:
   r"""Normalized SGD with momentum: normalize the EMA of the gradients.
 
@@ -286,13 +285,13 @@ def normalized_sgdm(learning_rate: ScalarOrSchedule,
   return optax.chain(
       optax.add_decayed_weights(weight_decay),
       heavy_ball(beta, ema=True, init="first"),
-      normalize_global(eps, axis_name=axis_name),
+      normalize_global(eps=eps, axis_name=axis_name),
       optax.scale_by_learning_rate(learning_rate),
   )
 
 
-def nigt(learning_rate: ScalarOrSchedule, beta: ScalarOrSchedule = 0.9,
-         weight_decay: float = 0.0, eps: float = 0.0, *,
+def nigt(learning_rate: ScalarOrSchedule, *, beta: ScalarOrSchedule = 0.9,
+         weight_decay: float = 0.0, eps: float = 0.0,
          axis_name: str | None = None) -> optax.GradientTransformation:
   r"""Normalized SGD with implicit gradient transport (NIGT).
 
@@ -328,142 +327,13 @@ def nigt(learning_rate: ScalarOrSchedule, beta: ScalarOrSchedule = 0.9,
   return optax.chain(
       optax.add_decayed_weights(weight_decay),
       heavy_ball(beta, ema=True, init="first"),
-      normalize_global(eps, axis_name=axis_name),
+      normalize_global(eps=eps, axis_name=axis_name),
       optax.scale_by_learning_rate(learning_rate),
       igt_extrapolate(beta),
   )
 
 
-class AdaptiveNigtState(NamedTuple):
-  """State of :func:`adaptive_nigt`.
-
-  Attributes:
-    count: number of updates so far (``t - 1``).
-    previous_g: ``G_{t-1}``.
-    current_g: ``G_t``.
-    inner: the state of the chain of primitives.
-  """
-  count: jax.Array
-  previous_g: jax.Array
-  current_g: jax.Array
-  inner: Any
-
-
-def adaptive_nigt(learning_rate: ScalarOrSchedule = 1.0,
-                  gradient_bound: float = 1.0, weight_decay: float = 0.0,
-                  *, axis_name: str | None = None,
-                  ) -> optax.GradientTransformationExtraArgs:
-  r"""Adaptive normalized SGD with momentum and IGT (NIGT Alg. 2).
-
-  Step size and momentum adapt to the observed gradient variance, estimated
-  from a *second, independent* gradient at the same point:
-
-  .. math::
-    \eta_t = \frac{C}{(G_t^2 (t+1)^3)^{1/7}},\quad
-    \alpha_t = \frac{1}{t\,\eta_{t-1}^2 G_{t-1}},\quad \beta_t = 1-\alpha_t,
-
-  :math:`G_{t+1} = G_t + \|\nabla f(x_t,\xi_t) - \nabla f(x_t,\xi'_t)\|^2 +
-  \mathfrak{g}^2((t+1)^{1/4} - t^{1/4})`, with :math:`C = \sqrt{7/(26
-  \mathfrak{g}^{6/7})}`, :math:`D = C^{-14/3}`, :math:`G_0 = D`,
-  :math:`G_1 = 3\mathfrak{g}^2 + D`, :math:`m_0 = 0`; then the NIGT steps
-  (EMA momentum with :math:`\beta_t`, global normalization, step
-  :math:`\eta_t`, extrapolation with :math:`\beta_{t+1}`).
-
-  The training step provides the second gradient as an extra argument:
-  split the batch into two independent halves, take ``g`` on one and ``g2``
-  on the other (both at the current params), then
-  ``tx.update(g, state, params, second_grads=g2)``.
-
-  Args:
-    learning_rate: a multiplier on the adaptive :math:`\eta_t` (1 is the
-      paper's algorithm), a constant or a schedule.
-    gradient_bound: :math:`\mathfrak{g}`, a bound on per-sample gradient norms.
-    weight_decay: L2 coefficient added to ``g`` (not to the variance
-      estimate, where it would cancel).
-    axis_name: the mapped axis (``pmap``/``shard_map``) over which each
-      leaf is sharded; squared norms are summed over it. Not for data
-      parallelism: there, average the gradients first (see README).
-
-  Returns:
-    An ``optax.GradientTransformationExtraArgs``; params are ``x_t`` as for
-    :func:`nigt` and :func:`igt_true_params` recovers ``w_t``.
-
-  Example:
-    >>> import normopt
-    >>> tx = normopt.adaptive_nigt(gradient_bound=10.0)
-
-  References:
-    Cutkosky & Mehta, *Momentum Improves Normalized SGD*, ICML 2020, Alg. 2
-    and Theorem 4.
-  """
-  _check_rate_and_decay(learning_rate, weight_decay)
-  check_in_range("gradient_bound", gradient_bound, 1e-30, float("inf"),
-                 high_inclusive=False)
-  c_const = (7.0 / (26.0 * gradient_bound ** (6.0 / 7.0))) ** 0.5
-  d_const = c_const ** (-14.0 / 3.0)
-  log_c = jnp.log(c_const)
-
-  # In logs, so that G (a sum of squared gradient norms, kept finite by
-  # clamping at the dtype's max) never makes inf/inf or 0*inf.
-  def log_eta(g, t):  # log η_t from G_t at 1-based step t
-    return log_c - (2.0 * jnp.log(g) + 3.0 * jnp.log(t + 1.0)) / 7.0
-
-  def alpha(g_prev, t):  # α_t = 1/(t η_{t-1}² G_{t-1}) <= t^(-1/7) <= 1
-    log_alpha = -jnp.log(t) - 2.0 * log_eta(g_prev, t - 1.0) - jnp.log(g_prev)
-    return jnp.minimum(jnp.exp(log_alpha), 1.0)
-
-  def chain(beta_now, beta_next, step_size):
-    return optax.chain(
-        optax.add_decayed_weights(weight_decay),
-        heavy_ball(lambda _: beta_now, ema=True),
-        normalize_global(axis_name=axis_name),
-        optax.scale(-step_size),
-        igt_extrapolate(lambda _: beta_next),
-    )
-
-  def init_fn(params):
-    dtype = numerics.norm_dtype(params)
-    return AdaptiveNigtState(
-        count=jnp.zeros((), jnp.int32),
-        previous_g=jnp.asarray(d_const, dtype),
-        current_g=jnp.asarray(3 * gradient_bound ** 2 + d_const, dtype),
-        inner=chain(0.0, 0.0, 0.0).init(params))
-
-  def update_fn(updates, state, params=None, *, second_grads=None,
-                **extra_args):
-    del extra_args
-    if second_grads is None:
-      raise ValueError(
-          "adaptive_nigt needs a second, independent gradient at the same "
-          "point: update(g, state, params, second_grads=g2)")
-    second_grads = blocks_lib.drop_masked(second_grads, updates)
-    if jax.tree.structure(second_grads) != jax.tree.structure(updates) or any(
-        jnp.shape(a) != jnp.shape(b) for a, b in zip(
-            jax.tree.leaves(second_grads), jax.tree.leaves(updates))):
-      raise ValueError("second_grads must have the structure and leaf shapes "
-                       "of the updates")
-    t = state.count.astype(state.current_g.dtype) + 1.0
-    g_prev, g_now = state.previous_g, state.current_g
-    beta_now = 1.0 - alpha(g_prev, t)
-    beta_next = 1.0 - alpha(g_now, t + 1.0)
-    step_size = evaluate(learning_rate, state.count) * jnp.exp(
-        log_eta(g_now, t))
-    out, inner = chain(beta_now, beta_next, step_size).update(
-        updates, state.inner, params)
-    out = jax.tree.map(lambda o, g: o.astype(g.dtype), out, updates)
-    diff = jax.tree.map(lambda a, b: a - b.astype(a.dtype), jax.tree.leaves(
-        updates), jax.tree.leaves(second_grads))
-    variance = numerics.global_norm(diff, axis_name).astype(g_now.dtype) ** 2
-    g_new = jnp.minimum(
-        g_now + variance + gradient_bound ** 2 * ((t + 1.0) ** 0.25 - t ** 0.25),
-        jnp.finfo(g_now.dtype).max)
-    return out, AdaptiveNigtState(optax.safe_increment(state.count), g_now,
-                                  g_new, inner)
-
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
-def qhm(learning_rate: ScalarOrSchedule, beta: ScalarOrSchedule = 0.9,
+def qhm(learning_rate: ScalarOrSchedule, *, beta: ScalarOrSchedule = 0.9,
         nu: ScalarOrSchedule = 0.7, weight_decay: float = 0.0
         ) -> optax.GradientTransformation:
   r"""Mini-batch quasi-hyperbolic momentum (QHM).
@@ -498,12 +368,12 @@ def qhm(learning_rate: ScalarOrSchedule, beta: ScalarOrSchedule = 0.9,
   _check_rate_and_decay(learning_rate, weight_decay)
   return optax.chain(
       optax.add_decayed_weights(weight_decay),
-      qh_combine(beta, nu),
+      qh_combine(beta, nu=nu),
       optax.scale_by_learning_rate(learning_rate),
   )
 
 
-def nshb(learning_rate: ScalarOrSchedule, beta: ScalarOrSchedule = 0.9,
+def nshb(learning_rate: ScalarOrSchedule, *, beta: ScalarOrSchedule = 0.9,
          weight_decay: float = 0.0) -> optax.GradientTransformation:
   """Normalized stochastic heavy ball: :func:`qhm` with ν = 1.
 
@@ -516,10 +386,10 @@ def nshb(learning_rate: ScalarOrSchedule, beta: ScalarOrSchedule = 0.9,
   References:
     Gupal & Bazhenov, 1972; QHM increasing-batch paper, Sec. 1.
   """
-  return qhm(learning_rate, beta, 1.0, weight_decay)
+  return qhm(learning_rate, beta=beta, nu=1.0, weight_decay=weight_decay)
 
 
-def snag(learning_rate: ScalarOrSchedule, beta: ScalarOrSchedule = 0.9,
+def snag(learning_rate: ScalarOrSchedule, *, beta: ScalarOrSchedule = 0.9,
          weight_decay: float = 0.0) -> optax.GradientTransformation:
   """Stochastic Nesterov accelerated gradient: :func:`qhm` with ν = β.
 
@@ -530,7 +400,7 @@ def snag(learning_rate: ScalarOrSchedule, beta: ScalarOrSchedule = 0.9,
   References:
     Gitman et al., 2019; QHM increasing-batch paper, Sec. 1.
   """
-  return qhm(learning_rate, beta, beta, weight_decay)
+  return qhm(learning_rate, beta=beta, nu=beta, weight_decay=weight_decay)
 
 
 def lamb(learning_rate: ScalarOrSchedule, *, b1: float = 0.9,
@@ -580,7 +450,7 @@ def lamb(learning_rate: ScalarOrSchedule, *, b1: float = 0.9,
     ...   u, state = tx.update(g, state, w)
     ...   w = optax.apply_updates(w, u)
     >>> round(float(w['k'][0, 0]), 2)
-    1.3
+    1.33
 
   References:
     You et al., *Large Batch Optimization for Deep Learning: Training BERT
@@ -596,6 +466,7 @@ def lamb(learning_rate: ScalarOrSchedule, *, b1: float = 0.9,
       _float_updates(),  # a clear TypeError before scale_by_adam's
       optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
       optax.add_decayed_weights(weight_decay, mask=decay_mask),
-      trust_ratio("lars", 1.0, mask=mask, axis_name=axis_name),
+      trust_ratio("lars", trust_coefficient=1.0, mask=mask,
+                  axis_name=axis_name),
       optax.scale_by_learning_rate(learning_rate),
   )

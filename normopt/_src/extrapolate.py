@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from normopt._src import numerics
-from normopt._src.hyperparams import ScalarOrSchedule, check_in_range, evaluate
+from normopt._src.base import ScalarOrSchedule, check_in_range, evaluate
 
 
 class IgtExtrapolateState(NamedTuple):
@@ -73,7 +73,7 @@ def igt_extrapolate(beta: ScalarOrSchedule) -> optax.GradientTransformation:
 
   def init_fn(params):
     return IgtExtrapolateState(count=jnp.zeros((), jnp.int32),
-                               true_params=jax.tree.map(jnp.copy, params))
+                               true_params=init_true_params(params))
 
   def update_fn(updates, state, params=None):
     if params is None:
@@ -84,16 +84,28 @@ def igt_extrapolate(beta: ScalarOrSchedule) -> optax.GradientTransformation:
     b = evaluate(beta, count)
     c_next = b / (1.0 - b)
     true_params = numerics.axpby(1.0, state.true_params, 1.0, updates)
-
-    def move(w, step, x):
-      dtype = numerics.accumulation_dtype(x.dtype)
-      target = w.astype(dtype) + c_next.astype(dtype) * step.astype(dtype)
-      return (target - x.astype(dtype)).astype(step.dtype)
-
-    out = jax.tree.map(move, true_params, updates, params)
+    out = extrapolated_step(true_params, updates, params, c_next)
     return out, IgtExtrapolateState(count, true_params)
 
   return optax.GradientTransformation(init_fn, update_fn)
+
+
+def init_true_params(params):
+  """A copy of ``params`` for the true iterate; abstract leaves
+  (``jax.ShapeDtypeStruct``) stay abstract, as ``jax.eval_shape`` gives."""
+  return jax.tree.map(
+      lambda p: p if isinstance(p, jax.ShapeDtypeStruct) else jnp.copy(p),
+      params)
+
+
+def extrapolated_step(true_params, step, params, c):
+  """The update taking ``params`` (``x_t``) to ``w_{t+1} + c·step``, computed
+  in float32 or wider and cast to each step leaf's dtype."""
+  def move(w, d, x):
+    dtype = numerics.accumulation_dtype(x.dtype)
+    target = w.astype(dtype) + c.astype(dtype) * d.astype(dtype)
+    return (target - x.astype(dtype)).astype(d.dtype)
+  return jax.tree.map(move, true_params, step, params)
 
 
 def _find_igt_state(opt_state) -> IgtExtrapolateState:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, get_args
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from normopt._src import numerics
-from normopt._src.hyperparams import ScalarOrSchedule, check_in_range, evaluate
+from normopt._src.base import (
+    ScalarOrSchedule,
+    check_choice,
+    check_in_range,
+    evaluate,
+)
 
 
 class HeavyBallState(NamedTuple):
@@ -28,12 +33,15 @@ def _zeros_like(tree):
   return jax.tree.map(jnp.zeros_like, tree)
 
 
+MomentumInit = Literal["zero", "first"]
+
+
 def heavy_ball(
     beta: ScalarOrSchedule,
-    nesterov: bool = False,
     *,
+    nesterov: bool = False,
     ema: bool = False,
-    init: str = "zero",
+    init: MomentumInit = "zero",
 ) -> optax.GradientTransformation:
   r"""Heavy-ball momentum: ``u ← β u + c·g``.
 
@@ -71,8 +79,7 @@ def heavy_ball(
     methods*, 1964; SNGM paper eq. (7); NIGT paper eq. (2) and Alg. 1.
   """
   check_in_range("beta", beta, 0.0, 1.0, high_inclusive=False)
-  if init not in ("zero", "first"):
-    raise ValueError(f"init must be 'zero' or 'first', got {init!r}")
+  check_choice("init", init, get_args(MomentumInit))
 
   def init_fn(params):
     return HeavyBallState(count=jnp.zeros((), jnp.int32),
@@ -95,7 +102,7 @@ def heavy_ball(
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def qh_combine(beta: ScalarOrSchedule,
+def qh_combine(beta: ScalarOrSchedule, *,
                nu: ScalarOrSchedule) -> optax.GradientTransformation:
   r"""Quasi-hyperbolic momentum: a ν-weighted mix of gradient and its EMA.
 

@@ -10,7 +10,7 @@ import optax
 
 from normopt._src import blocks as blocks_lib
 from normopt._src import numerics
-from normopt._src.hyperparams import check_non_negative
+from normopt._src.base import check_non_negative
 
 
 class NormalizeGlobalState(NamedTuple):
@@ -24,7 +24,7 @@ class NormalizePerBlockState(NamedTuple):
 
 
 def normalize_global(
-    eps: float = 0.0, *, axis_name: str | None = None
+    *, eps: float = 0.0, axis_name: str | None = None
 ) -> optax.GradientTransformation:
   r"""Divides the whole update tree by its global L2 norm.
 
@@ -81,9 +81,9 @@ def normalize_global(
 
 
 def normalize_per_block(
+    *,
     eps: float = 0.0,
     blocks: blocks_lib.BlockSpec = None,
-    *,
     axis_name: str | None = None,
 ) -> optax.GradientTransformation:
   r"""Divides each block of the update tree by that block's own L2 norm.
@@ -133,9 +133,9 @@ def normalize_per_block(
     for k, group in enumerate(resolved.groups):
       for i in group:
         out[i] = numerics.divide_by_norm(leaves[i], norms[k] + eps)
-    dtype = jax.tree.leaves(state.norms)[0].dtype if leaves else norms.dtype
+    dtypes = [x.dtype for x in jax.tree.leaves(state.norms)]
     new_norms = blocks_lib.to_tree(
-        resolved, list(norms.astype(dtype)), updates)
+        resolved, [n.astype(d) for n, d in zip(norms, dtypes)], updates)
     return jax.tree.unflatten(treedef, out), NormalizePerBlockState(new_norms)
 
   return optax.GradientTransformation(init_fn, update_fn)

@@ -20,7 +20,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from normopt._src.hyperparams import check_in_range, check_non_negative
+from normopt._src.base import (
+    check_at_least,
+    check_in_range,
+    check_non_negative,
+    check_positive_int,
+)
 
 EpochSchedule = Callable[[jax.Array], jax.Array]
 
@@ -29,16 +34,11 @@ def _epoch(m) -> jax.Array:
   return jnp.asarray(m).astype(jnp.result_type(float))
 
 
-def _positive_int(name: str, value) -> None:
-  if int(value) != value or value < 1:
-    raise ValueError(f"{name} must be a positive integer, got {value}")
-
-
 # --- batch size --------------------------------------------------------------
 
 def constant_batch(batch_size: int) -> EpochSchedule:
   """[Constant BS] eq. (1): ``b_m = b``."""
-  _positive_int("batch_size", batch_size)
+  check_positive_int("batch_size", batch_size)
   return lambda m: jnp.full(jnp.shape(m), batch_size, jnp.int32)
 
 
@@ -54,12 +54,11 @@ def exponential_batch(initial: int, factor: float, interval: int,
     >>> [int(b(m)) for m in (0, 29, 30, 60, 300)]
     [8, 8, 16, 32, 64]
   """
-  _positive_int("initial", initial)
-  _positive_int("interval", interval)
-  if not factor >= 1:
-    raise ValueError(f"factor must be >= 1, got {factor}")
+  check_positive_int("initial", initial)
+  check_positive_int("interval", interval)
+  check_at_least("factor", factor, 1.0)
   if max_batch is not None:
-    _positive_int("max_batch", max_batch)
+    check_positive_int("max_batch", max_batch)
   cap = 2 ** 30 if max_batch is None else min(max_batch, 2 ** 30)
 
   def schedule(m):
@@ -96,7 +95,7 @@ def cosine(init_value: float, num_epochs: int,
   Epochs past ``M - 1`` stay at ``α_min``.
   """
   check_non_negative("init_value", init_value)
-  _positive_int("num_epochs", num_epochs)
+  check_positive_int("num_epochs", num_epochs)
   if num_epochs == 1:
     return constant(init_value)
 
@@ -114,7 +113,7 @@ def polynomial(init_value: float, num_epochs: int, power: float = 2.0,
   Epochs past ``M`` stay at ``α_min``.
   """
   check_non_negative("init_value", init_value)
-  _positive_int("num_epochs", num_epochs)
+  check_positive_int("num_epochs", num_epochs)
   if not power > 0:
     raise ValueError(f"power must be > 0, got {power}")
 
@@ -130,7 +129,7 @@ def step_decay(init_value: float, factor: float,
                interval: int) -> EpochSchedule:
   """[Step Decay Beta / Gamma] eq. (9), (12): ``v ζ^⌊m/E⌋``, ``ζ ∈ (0, 1)``."""
   check_in_range("factor", factor, 0.0, 1.0, high_inclusive=True)
-  _positive_int("interval", interval)
+  check_positive_int("interval", interval)
   return lambda m: init_value * jnp.asarray(factor, jnp.result_type(float)) ** (
       jnp.asarray(m) // interval)
 
@@ -169,8 +168,8 @@ def step_to_epoch(dataset_size: int, batch_size: EpochSchedule,
     >>> [int(epoch_of(k)) for k in (0, 9, 10, 14, 15, 17, 100)]
     [0, 0, 1, 1, 2, 2, 30]
   """
-  _positive_int("dataset_size", dataset_size)
-  _positive_int("num_epochs", num_epochs)
+  check_positive_int("dataset_size", dataset_size)
+  check_positive_int("num_epochs", num_epochs)
   sizes = [int(batch_size(m)) for m in range(num_epochs)]
   for m, b in enumerate(sizes):
     if b < 1:
@@ -227,7 +226,7 @@ def accumulation_steps(batch_size: EpochSchedule, micro_batch: int,
   Returns:
     A function of the optimizer step count -> micro-batches per step.
   """
-  _positive_int("micro_batch", micro_batch)
+  check_positive_int("micro_batch", micro_batch)
   return lambda count: batch_size(epoch_of(count)) // micro_batch
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple, Union
+from typing import Any, Literal, NamedTuple, Union, get_args
 
 import jax
 import jax.numpy as jnp
@@ -11,15 +11,29 @@ import optax
 
 from normopt._src import blocks as blocks_lib
 from normopt._src import numerics
-from normopt._src.hyperparams import check_non_negative
+from normopt._src.base import check_choice, check_non_negative, check_positive
 
 Mask = Union[None, bool, Any, Callable[[Any], Any]]
 
 
+# What trust_ratio did to each block at the last step (TrustRatioState.status).
+SCALED = 0  # scaled by its trust ratio
+MASKED_OUT = 1  # left out by the mask: passed through unchanged
+ZERO_WEIGHT_NORM = 2  # ‖w‖ = 0: scaled as if ‖w‖ = 1
+ZERO_DENOMINATOR = 3  # ‖g‖ + λ‖w‖ + eps = 0: a zero update
+
+
 class TrustRatioState(NamedTuple):
-  """State of :func:`trust_ratio`: the last ratio of every block (diagnostic;
-  1 for masked-out blocks)."""
+  """State of :func:`trust_ratio` (diagnostics, see :func:`telemetry`).
+
+  Attributes:
+    ratios: the last ratio of every block (1 for masked-out blocks).
+    status: what was done to every block at the last step, an int8 code:
+      0 scaled, 1 masked out, 2 zero weight norm (scaled as if ``‖w‖ = 1``),
+      3 zero denominator (a zero update).
+  """
   ratios: Any
+  status: Any
 
 
 def exclude_bias_and_norm(params):
@@ -32,12 +46,15 @@ def exclude_bias_and_norm(params):
   return jax.tree.map(lambda p: jnp.ndim(p) > 1, params)
 
 
+TrustRatioKind = Literal["lars", "clars"]
+
+
 def trust_ratio(
-    kind: str = "lars",
+    kind: TrustRatioKind = "lars",
+    *,
     trust_coefficient: float = 0.001,
     eps: float = 0.0,
     weight_decay: float = 0.0,
-    *,
     clip: float | None = None,
     mask: Mask = None,
     blocks: blocks_lib.BlockSpec = None,
@@ -99,9 +116,8 @@ def trust_ratio(
     Learning Using New Complete Layer-wise Adaptive Rate Scaling* (CLARS),
     2021, eq. (3) and (5).
   """
-  if kind not in ("lars", "clars"):
-    raise ValueError(f"kind must be 'lars' or 'clars', got {kind!r}")
-  check_non_negative("trust_coefficient", trust_coefficient)
+  check_choice("kind", kind, get_args(TrustRatioKind))
+  check_positive("trust_coefficient", trust_coefficient)
   check_non_negative("eps", eps)
   check_non_negative("weight_decay", weight_decay)
   if clip is not None:
@@ -109,7 +125,8 @@ def trust_ratio(
 
   def init_fn(params):
     return TrustRatioState(
-        blocks_lib.filled(blocks, params, 1.0, numerics.norm_dtype(params)))
+        blocks_lib.filled(blocks, params, 1.0, numerics.norm_dtype(params)),
+        blocks_lib.filled(blocks, params, MASKED_OUT, jnp.int8))
 
   def update_fn(updates, state, params=None, *, per_example_norms=None,
                 **extra_args):
@@ -128,32 +145,40 @@ def trust_ratio(
       norms = numerics.block_norms(
           w_leaves + g_leaves, groups + [[i + n for i in g] for g in groups],
           axis_name)
-      w_norm, denominator = norms[:len(groups)], norms[len(groups):]
+      w_norms, denominators = norms[:len(groups)], norms[len(groups):]
     else:
-      w_norm = numerics.block_norms(w_leaves, groups, axis_name)
-      denominator = _mean_example_norms(
+      w_norms = numerics.block_norms(w_leaves, groups, axis_name)
+      denominators = _mean_example_norms(
           blocks_lib.drop_masked(per_example_norms, params), resolved, selected)
-    denominator = denominator.astype(w_norm.dtype)
-    total = denominator + weight_decay * w_norm + eps
-    ratio = jnp.where(w_norm > 0, trust_coefficient * w_norm, trust_coefficient)
-    ratio = jnp.where(total > 0, ratio / jnp.where(total > 0, total, 1), 0.0)
-    if clip is not None:
-      ratio = jnp.minimum(ratio, clip)
 
     out = list(g_leaves)
-    for k, group in enumerate(groups):
+    scaled_ratios, scaled_status = [], []
+    for group, w_norm, denominator in zip(groups, w_norms, denominators):
+      total = denominator.astype(w_norm.dtype) + weight_decay * w_norm + eps
+      ratio = jnp.where(w_norm > 0, trust_coefficient * w_norm,
+                        trust_coefficient)
+      ratio = jnp.where(total > 0, ratio / jnp.where(total > 0, total, 1), 0.0)
+      if clip is not None:
+        ratio = jnp.minimum(ratio, clip)
+      scaled_ratios.append(ratio)
+      scaled_status.append(jnp.where(
+          total > 0, jnp.where(w_norm > 0, SCALED, ZERO_WEIGHT_NORM),
+          ZERO_DENOMINATOR).astype(jnp.int8))
       for i in group:
         dtype = numerics.accumulation_dtype(g_leaves[i].dtype)
         decayed = (g_leaves[i].astype(dtype)
                    + weight_decay * w_leaves[i].astype(dtype))
-        out[i] = (ratio[k].astype(dtype) * decayed).astype(g_leaves[i].dtype)
-    all_ratios = iter(list(ratio))
-    ratios = [next(all_ratios) if keep else jnp.ones((), ratio.dtype)
-              for keep in selected]
-    old = jax.tree.leaves(state.ratios)
-    ratios = [r.astype(o.dtype) for r, o in zip(ratios, old)]
-    return (jax.tree.unflatten(treedef, out),
-            TrustRatioState(blocks_lib.to_tree(resolved, ratios, params)))
+        out[i] = (ratio.astype(dtype) * decayed).astype(g_leaves[i].dtype)
+    ratios_iter, status_iter = iter(scaled_ratios), iter(scaled_status)
+    ratios, status = [], []
+    for keep, old in zip(selected, jax.tree.leaves(state.ratios)):
+      ratios.append((next(ratios_iter) if keep else jnp.ones(())).astype(
+          old.dtype))
+      status.append(next(status_iter) if keep else jnp.asarray(
+          MASKED_OUT, jnp.int8))
+    return (jax.tree.unflatten(treedef, out), TrustRatioState(
+        blocks_lib.to_tree(resolved, ratios, params),
+        blocks_lib.to_tree(resolved, status, params)))
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -187,4 +212,4 @@ def _mean_example_norms(per_example_norms, resolved, selected):
     if v.shape != ():
       raise ValueError(
           f"per_example_norms must hold one scalar per block, got shape {v.shape}")
-  return jnp.stack(values) if values else jnp.zeros((0,))
+  return values

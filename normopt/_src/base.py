@@ -1,0 +1,80 @@
+"""Shared types and argument checks, in one vocabulary.
+
+Every check raises ``ValueError`` naming the argument. Schedules (callables
+of the step count) and traced values (``optax.inject_hyperparams`` under
+``jit``) cannot be checked when the transformation is built and are
+accepted as they are.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+ScalarOrSchedule = optax.ScalarOrSchedule
+
+
+def _concrete_float(value) -> float | None:
+  """``value`` as a Python float, or None for schedules and traced values."""
+  if callable(value) or isinstance(value, jax.core.Tracer):
+    return None
+  array = np.asarray(value)
+  if array.shape != ():
+    raise ValueError(f"expected a scalar hyperparameter, got shape {array.shape}")
+  return float(array)
+
+
+def check_in_range(name: str, value, low: float, high: float, *,
+                   high_inclusive: bool) -> None:
+  """Raises unless ``low <= value < high`` (``<= high`` if ``high_inclusive``)."""
+  v = _concrete_float(value)
+  if v is None:
+    return
+  ok = low <= v <= high if high_inclusive else low <= v < high
+  if not ok:
+    bracket = "]" if high_inclusive else ")"
+    raise ValueError(f"{name} must be in [{low}, {high}{bracket}, got {v}")
+
+
+def check_non_negative(name: str, value) -> None:
+  """Raises unless ``value`` is finite and ``>= 0``."""
+  v = _concrete_float(value)
+  if v is not None and not (math.isfinite(v) and v >= 0):
+    raise ValueError(f"{name} must be finite and >= 0, got {v}")
+
+
+def check_positive(name: str, value) -> None:
+  """Raises unless ``value`` is finite and ``> 0``."""
+  v = _concrete_float(value)
+  if v is not None and not (math.isfinite(v) and v > 0):
+    raise ValueError(f"{name} must be finite and > 0, got {v}")
+
+
+def check_at_least(name: str, value, low: float) -> None:
+  """Raises unless ``value`` is finite and ``>= low``."""
+  v = _concrete_float(value)
+  if v is not None and not (math.isfinite(v) and v >= low):
+    raise ValueError(f"{name} must be finite and >= {low}, got {v}")
+
+
+def check_positive_int(name: str, value) -> None:
+  """Raises unless ``value`` is an integer ``>= 1``."""
+  if int(value) != value or value < 1:
+    raise ValueError(f"{name} must be a positive integer, got {value}")
+
+
+def check_choice(name: str, value, choices) -> None:
+  """Raises unless ``value`` is one of ``choices`` (a ``Literal``'s values)."""
+  if value not in choices:
+    raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, "
+                     f"got {value!r}")
+
+
+def evaluate(value: ScalarOrSchedule, count: jax.Array) -> jax.Array:
+  """The value of a constant or a schedule (a callable of the step count)."""
+  x = jnp.asarray(value(count) if callable(value) else value)
+  return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(float)
