@@ -33,7 +33,7 @@ from normopt._src.probes import norm_probes, probed, probed_dense
 from normopt._src.telemetry import TRUST_STATUS, telemetry
 from normopt._src.trust import TrustRatioState, exclude_bias_and_norm, trust_ratio
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"
 
 __all__ = (
     "TRUST_STATUS",
