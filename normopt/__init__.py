@@ -29,7 +29,7 @@ from normopt._src.normalize import (
                                 normalize_per_block,
 )
 from normopt._src.per_example import per_example_block_norms
-from normopt._src.probes import norm_probes, probed, probed_dense
+from normopt._src.probes import NormProbe, norm_probes, probed, probed_dense
 from normopt._src.telemetry import TRUST_STATUS, telemetry
 from normopt._src.trust import TrustRatioState, exclude_bias_and_norm, trust_ratio
 
@@ -40,6 +40,7 @@ __all__ = (
     "AdaptiveNigtState",
     "HeavyBallState",
     "IgtExtrapolateState",
+    "NormProbe",
     "NormalizeGlobalState",
     "NormalizePerBlockState",
     "QhCombineState",

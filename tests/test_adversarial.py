@@ -105,16 +105,7 @@ def test_adversarial_cell(name, dtype, kind):
     if kind == "denormal" and dtype != "float16":
       assert all(not jnp.any(u) for u in jax.tree.leaves(updates))
     elif name in SCALE_FREE:
-      # Same rounding as the scaled input: compare with the gradient the
-      # dtype actually held, rescaled in float64.
-      held = jax.tree.map(lambda s: jnp.asarray(
-          np.asarray(s, np.float64) / scale, jnp.float32), scaled)
-      (want, _), _ = _step(name, jax.tree.map(
-          lambda p: p.astype(jnp.float32), params), held)
-      rtol = {"float32": 1e-5, "bfloat16": 2e-2, "float16": 2e-3}[dtype]
-      for k in keys:
-        np.testing.assert_allclose(np.asarray(updates[k], np.float32),
-                                   np.asarray(want[k]), rtol=rtol, atol=1e-6)
+      _assert_unit_scale_step(name, dtype, params, scaled, scale, updates, keys)
 
   elif kind in ("one_inf", "one_nan"):
     bad = jnp.inf if kind == "one_inf" else jnp.nan
@@ -175,6 +166,20 @@ def test_adversarial_cell(name, dtype, kind):
                                     np.asarray(want[k], np.float32))
 
 
+def _assert_unit_scale_step(name, dtype, params, held, scale, updates, keys):
+  """``updates`` equal the float32 step for the gradient the dtype actually
+  held (same rounding as the scaled input), rescaled by ``1/scale`` in
+  float64."""
+  reference = jax.tree.map(lambda s: jnp.asarray(
+      np.asarray(s, np.float64) / scale, jnp.float32), held)
+  (want, _), _ = _step(name, jax.tree.map(
+      lambda p: p.astype(jnp.float32), params), reference)
+  rtol = {"float32": 1e-5, "bfloat16": 2e-2, "float16": 2e-3}[dtype]
+  for k in keys:
+    np.testing.assert_allclose(np.asarray(updates[k], np.float32),
+                               np.asarray(want[k]), rtol=rtol, atol=1e-6)
+
+
 def _extra_for(name, grads, params):
   """Extra arguments shaped like the whole params (integer leaf included)."""
   floats = {k: grads[k] for k in "wb"}
@@ -229,14 +234,7 @@ def test_scale_free_whatever_the_compiler_sees(name, dtype, kind, how):
   updates, held = _scaled_step(name, params, base, scale, how)
   keys = "w" if name in ("lars", "clars") else "wb"
   _assert_dtypes(updates, params)
-  reference = jax.tree.map(lambda s: jnp.asarray(
-      np.asarray(s, np.float64) / scale, jnp.float32), held)
-  (want, _), _ = _step(name, jax.tree.map(
-      lambda p: p.astype(jnp.float32), params), reference)
-  rtol = {"float32": 1e-5, "bfloat16": 2e-2, "float16": 2e-3}[dtype]
-  for k in keys:
-    np.testing.assert_allclose(np.asarray(updates[k], np.float32),
-                               np.asarray(want[k]), rtol=rtol, atol=1e-6)
+  _assert_unit_scale_step(name, dtype, params, held, scale, updates, keys)
 
 
 def test_matrix_size():

@@ -1,8 +1,10 @@
-"""The API's shape: signatures like optax's, the edge cases
+"""The API's shape: signatures like optax's, no module state, the edge cases
 optax's generic suite finds (empty masks, abstract init), labelled CLARS
 blocks end to end, telemetry."""
 
+import ast
 import inspect
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -43,6 +45,26 @@ def test_primitive_takes_at_most_one_positional(name):
 def test_optax_positional_order_is_an_error_not_another_meaning():
   with pytest.raises(TypeError):
     normopt.lars(1.0, 1e-4)  # optax.lars(1.0, 1e-4): weight decay 1e-4
+
+
+def _module_level_mutables(path):
+  """Module-level names bound to a list, dict, set or ContextVar."""
+  found = []
+  for node in ast.parse(path.read_text()).body:
+    value = node.value if isinstance(node, (ast.Assign, ast.AnnAssign)) else None
+    if isinstance(value, (ast.List, ast.Dict, ast.Set, ast.ListComp,
+                          ast.DictComp, ast.SetComp)) or (
+        isinstance(value, ast.Call) and isinstance(value.func, ast.Name)
+        and value.func.id in ("list", "dict", "set", "ContextVar")):
+      found.append(f"{path.name}:{node.lineno}")
+  return found
+
+
+def test_no_module_level_mutable_state():
+  root = pathlib.Path(normopt.__file__).parent
+  found = [f for p in sorted(root.rglob("*.py"))
+           for f in _module_level_mutables(p)]
+  assert not found, found
 
 
 def _params():

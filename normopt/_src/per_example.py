@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -161,9 +160,8 @@ def _probed_norms(loss_fn, params, batch, size, resolved):
         + ", ".join(paths[i] for i in unused))
 
   def one_pass(safe):
-    with probes_lib.safe_norms() if safe else contextlib.nullcontext():
-      loss, (grads, leaf_norms) = jax.value_and_grad(
-          loss_fn, argnums=(0, 2))(params, batch, probes)
+    loss, (grads, leaf_norms) = jax.value_and_grad(loss_fn, argnums=(0, 2))(
+        params, batch, probes_lib.norm_probes(params, size, safe=safe))
     # The probes hold ||grad of (f_i / B)||: scale back to ||grad f_i||.
     norms = size * jnp.mean(
         _group_norms(jax.tree.leaves(leaf_norms), resolved), 1)

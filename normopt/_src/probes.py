@@ -29,12 +29,11 @@ Norms are accumulated in float32 or wider. A probed layer computes them
 plainly (its sums of squares can overflow or underflow at extreme gradient
 scales); :func:`normopt.per_example_block_norms` checks the result and, only
 when a block's norm is not finite or too small, redoes the pass with
-max-scaled, exact norms (:func:`safe_norms`).
+probes made with ``safe=True`` (exact, rescaled norms).
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -45,16 +44,67 @@ import jax.numpy as jnp
 from normopt._src import numerics
 
 
-def norm_probes(params: Any, batch_size: int) -> Any:
-  """Zero probes, one ``(batch_size,)`` vector per leaf of ``params``.
+@jax.tree_util.register_pytree_node_class
+class NormProbe:
+  """A probe: a ``(B,)`` vector whose cotangent receives per-example norms.
+
+  ``safe`` (static, part of the tree structure) tells the probed layers to
+  compute those norms overflow-safe; :func:`normopt.per_example_block_norms`
+  sets it when it redoes a pass whose plain norms overflowed, so the mode
+  travels with the probes instead of in a global. Indexing a probe indexes
+  its vector (as ``nnx.Variable[...]`` does).
+  """
+
+  __slots__ = ("safe", "value")
+
+  def __init__(self, value, safe: bool = False):
+    self.value = value
+    self.safe = safe
+
+  @property
+  def shape(self):
+    return self.value.shape
+
+  def __getitem__(self, key):
+    return NormProbe(self.value[key], self.safe)
+
+  def __repr__(self):
+    return f"NormProbe({self.value!r}, safe={self.safe})"
+
+  def tree_flatten(self):
+    return (self.value,), self.safe
+
+  @classmethod
+  def tree_unflatten(cls, safe, children):
+    return cls(children[0], safe)
+
+
+def _unwrap(probe) -> tuple[Any, bool]:
+  """A probe's vector and mode (a plain vector is a plain-mode probe)."""
+  if isinstance(probe, NormProbe):
+    return probe.value, probe.safe
+  return probe, False
+
+
+def _is_probe(x) -> bool:
+  return isinstance(x, NormProbe)
+
+
+def norm_probes(params: Any, batch_size: int, *, safe: bool = False) -> Any:
+  """Zero probes, one :class:`NormProbe` of length ``batch_size`` per leaf.
 
   Args:
     params: the params (any pytree of arrays).
     batch_size: the number of examples ``B`` in the batch.
+    safe: whether probed layers compute the norms overflow-safe (slower;
+      :func:`normopt.per_example_block_norms` uses it only to redo a pass
+      whose plain norms overflowed or underflowed).
 
   Returns:
-    A tree like ``params`` of float32 (float64 for float64 leaves) zeros of
-    shape ``(batch_size,)``.
+    A tree like ``params`` of probes holding float32 (float64 for float64
+    leaves) zeros of shape ``(batch_size,)``. The gradient of a loss with
+    respect to them is a tree of the same probes holding each example's
+    gradient norm (read it with ``jax.tree.leaves`` or ``.value``).
 
   Example:
     >>> import jax.numpy as jnp, normopt
@@ -62,7 +112,8 @@ def norm_probes(params: Any, batch_size: int) -> Any:
     (4,)
   """
   return jax.tree.map(
-      lambda p: jnp.zeros((batch_size,), numerics.accumulation_dtype(p.dtype)),
+      lambda p: NormProbe(jnp.zeros(
+          (batch_size,), numerics.accumulation_dtype(p.dtype)), safe),
       params)
 
 
@@ -85,31 +136,20 @@ def _dense_sq_norms(a, d):
   return jnp.sum(per_example * per_example, (1, 2))
 
 
-# Whether probed layers compute their norms overflow-safe (a lax.cond per
-# layer: measurably slower) or plainly. per_example_block_norms takes the
-# plain pass and redoes it safely only when a block's result is not finite
-# or so small that flushed subnormals could matter (see numerics).
-_SAFE = [False]
-
-
-@contextlib.contextmanager
-def safe_norms():
-  """Inside, probed layers traced compute overflow-safe norms."""
-  _SAFE.append(True)
-  try:
-    yield
-  finally:
-    _SAFE.pop()
-
-
 def _norms(safe: bool, sq_fn, *arrays):
   if safe:
     return numerics.example_norms(sq_fn, *arrays)
   return jnp.sqrt(sq_fn(*arrays))
 
 
+def _dense(x, kernel, probe):
+  value, safe = _unwrap(probe)
+  out = _dense_vjp(x, kernel, value, safe)
+  return out
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _dense(x, kernel, probe, safe):
+def _dense_vjp(x, kernel, probe, safe):
   del probe, safe
   return x @ kernel
 
@@ -130,11 +170,16 @@ def _dense_bwd(safe, res, g):
   return d_x, d_kernel, norms.astype(probe.dtype)
 
 
-_dense.defvjp(_dense_fwd, _dense_bwd)
+_dense_vjp.defvjp(_dense_fwd, _dense_bwd)
+
+
+def _bias(y, bias, probe):
+  value, safe = _unwrap(probe)
+  return _bias_vjp(y, bias, value, safe)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _bias(y, bias, probe, safe):
+def _bias_vjp(y, bias, probe, safe):
   del probe, safe
   return y + bias
 
@@ -152,7 +197,7 @@ def _bias_bwd(safe, res, g):
   return g, d_bias, norms.astype(probe.dtype)
 
 
-_bias.defvjp(_bias_fwd, _bias_bwd)
+_bias_vjp.defvjp(_bias_fwd, _bias_bwd)
 
 
 def probed_dense(x: jax.Array, kernel: jax.Array, bias: jax.Array | None,
@@ -181,7 +226,7 @@ def probed_dense(x: jax.Array, kernel: jax.Array, bias: jax.Array | None,
     ...   return normopt.probed_dense(x, p['kernel'], p['bias'],
     ...                               probes['kernel'], probes['bias']).sum()
     >>> n = jax.grad(loss, 1)(p, normopt.norm_probes(p, 3))
-    >>> print(n['kernel'], n['bias'])  # grads e_i 1^T and 1: norms sqrt(2)
+    >>> print(n['kernel'].value, n['bias'].value)  # e_i 1^T and 1: sqrt(2)
     [1.4142135 1.4142135 1.4142135] [1.4142135 1.4142135 1.4142135]
 
   References:
@@ -197,13 +242,13 @@ def probed_dense(x: jax.Array, kernel: jax.Array, bias: jax.Array | None,
     if probe is not None and probe.shape != x.shape[:1]:
       raise ValueError(f"{name} must have shape ({x.shape[0]},) (one entry "
                        f"per example), got {probe.shape}")
-  y = _dense(x, kernel, kernel_probe, _SAFE[-1])
+  y = _dense(x, kernel, kernel_probe)
   if bias is None:
     return y
   if bias.shape != (kernel.shape[1],) or bias_probe is None:
     raise ValueError(f"bias must have shape ({kernel.shape[1]},) and come "
                      f"with a bias_probe; got {bias.shape}")
-  return _bias(y, bias, bias_probe, _SAFE[-1])
+  return _bias(y, bias, bias_probe)
 
 
 def probed(fn: Callable[[Any, jax.Array], jax.Array]
@@ -228,7 +273,7 @@ def probed(fn: Callable[[Any, jax.Array], jax.Array]
     >>> scale = normopt.probed(lambda p, x: x * p['s'])
     >>> p, x = {'s': jnp.ones(2)}, jnp.array([[1., 0.], [3., 4.]])
     >>> loss = lambda p, probes: scale(p, x, probes).sum()
-    >>> jax.grad(loss, 1)(p, normopt.norm_probes(p, 2))['s'].tolist()
+    >>> jax.grad(loss, 1)(p, normopt.norm_probes(p, 2))['s'].value.tolist()
     [1.0, 5.0]
   """
 
@@ -252,10 +297,22 @@ def probed(fn: Callable[[Any, jax.Array], jax.Array]
 
     per_example = jax.vmap(one)(x, g)  # this layer's params only, times B
     norms = jax.tree.map(
-        lambda d, p: _norms(safe, numerics.example_sum_sq, d.astype(
-            numerics.accumulation_dtype(d.dtype))).astype(p.dtype),
+        lambda d, p: _rewrap(p, _norms(safe, numerics.example_sum_sq, d.astype(
+            numerics.accumulation_dtype(d.dtype)))),
         per_example, probes)
     return d_params, d_x, norms
 
   call.defvjp(fwd, bwd)
-  return lambda params, x, probes: call(params, x, probes, _SAFE[-1])
+
+  def apply(params, x, probes):
+    safe = any(_unwrap(p)[1] for p in jax.tree.leaves(probes,
+                                                      is_leaf=_is_probe))
+    return call(params, x, probes, safe)
+  return apply
+
+
+def _rewrap(probe, norms):
+  """``norms`` as the cotangent of ``probe`` (same type and dtype)."""
+  value, safe = _unwrap(probe)
+  norms = norms.astype(value.dtype)
+  return NormProbe(norms, safe) if isinstance(probe, NormProbe) else norms
