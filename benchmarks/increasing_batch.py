@@ -16,11 +16,12 @@ and ``curves.png`` to ``--out``.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
-from benchmarks import train
+from benchmarks import configs, report, train
+
+CONFIG = configs.load("increasing_batch")
 
 
 def settings(b0: int, b_max: int, interval: int, lr: float) -> dict:
@@ -43,13 +44,10 @@ def settings(b0: int, b_max: int, interval: int, lr: float) -> dict:
 
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--epochs", type=int, default=20)
-  parser.add_argument("--interval", type=int, default=5, help="E")
-  parser.add_argument("--b0", type=int, default=32)
-  parser.add_argument("--b_max", type=int, default=256)
-  parser.add_argument("--learning_rate", type=float, default=0.5)
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--num_samples", type=int, default=50_000)
+  for flag in ("epochs", "interval", "b0", "b_max", "seed", "num_samples"):
+    parser.add_argument(f"--{flag}", type=int, default=CONFIG[flag])
+  parser.add_argument("--learning_rate", type=float,
+                      default=CONFIG["learning_rate"])
   parser.add_argument("--out", default="runs/increasing_batch")
   args = parser.parse_args(argv)
   out = Path(args.out)
@@ -67,33 +65,11 @@ def main(argv=None) -> None:
     print(f"  {label:40s} acc={result['test_accuracy']:.4f} "
           f"loss={result['final_train_loss']:.4f} ({result['seconds']:.0f}s)",
           flush=True)
-  out.mkdir(parents=True, exist_ok=True)
-  (out / "results.json").write_text(json.dumps(records, indent=2))
-  plot(records, out / "curves.png")
-  print("\n| setting | test accuracy | final train loss | seconds |")
-  print("|---|---|---|---|")
-  for r in records:
-    print(f"| {r['setting']} | {100 * r['test_accuracy']:.2f}% | "
-          f"{r['final_train_loss']:.4f} | {r['seconds']:.0f} |")
+  report.write_records(records, out)
+  report.plot_curves(records, out / "curves.png",
+                     "MNIST-1D, mini-batch QHM (β=0.9, ν=0.7), equal epochs")
+  print("\n" + report.settings_table(records))
   print(f"\n{len(records)} runs in {time.perf_counter() - start:.0f}s")
-
-
-def plot(records, path: Path) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
-  for r in records:
-    epochs = [h["epoch"] for h in r["history"]]
-    a.plot(epochs, [h["train_loss"] for h in r["history"]], label=r["setting"])
-    b.plot(epochs, [100 * h["test_accuracy"] for h in r["history"]])
-  a.set(xlabel="epoch", ylabel="train loss", yscale="log")
-  b.set(xlabel="epoch", ylabel="test accuracy (%)")
-  a.legend(fontsize=7)
-  fig.suptitle("MNIST-1D, mini-batch QHM (β=0.9, ν=0.7), equal epochs")
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
 
 
 if __name__ == "__main__":

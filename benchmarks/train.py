@@ -1,17 +1,16 @@
 """Train a Flax NNX model with any normopt method or optax baseline.
 
-Run ``python -m benchmarks.train --help``. The logic lives in
-:func:`train_and_evaluate`; :func:`main` only parses flags. Data stay on the
+``python -m benchmarks.main --help`` runs it from flags. The logic lives here:
+:func:`train_step` (one optimizer step, called by the epoch loop and by the
+tests), :func:`eval_step`, and :func:`train_and_evaluate`. Data stay on the
 device and each epoch is one jitted ``lax.scan`` over its mini-batches.
 """
 
 from __future__ import annotations
 
-import argparse
-import csv
 import dataclasses
 import functools
-import json
+import inspect
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +25,7 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 import normopt
 from benchmarks import data as data_lib
-from benchmarks import models
+from benchmarks import models, report
 from normopt import schedules
 
 
@@ -42,6 +41,7 @@ class Config:
   beta: float = 0.9  # momentum / β of every method
   nu: float = 0.7  # QHM
   trust_coefficient: float = 0.001  # LARS / CLARS
+  mask_all: bool = False  # LARS / CLARS: trust ratio on every leaf (mask=True)
   weight_decay: float = 1e-4
   schedule: str = "cosine"  # constant|cosine|polynomial|sqrt_decay|inverse_decay
   warmup_epochs: int = 0
@@ -62,42 +62,41 @@ class Config:
   stop_after: int | None = None  # stop after this epoch (simulates pre-emption)
 
 
-# The keyword arguments of each normopt method taken from the config.
-_KEYWORDS = {
-    "sngm": ("beta", "weight_decay"), "sngd": ("weight_decay",),
-    "block_sngm": ("beta", "weight_decay"), "normalized_sgdm": ("beta",
-                                                                "weight_decay"),
-    "nigt": ("beta", "weight_decay"), "nshb": ("beta", "weight_decay"),
-    "snag": ("beta", "weight_decay"), "qhm": ("beta", "nu", "weight_decay"),
-    "lars": ("momentum", "weight_decay", "trust_coefficient"),
-    "clars": ("momentum", "weight_decay", "trust_coefficient"),
-    "lamb": ("weight_decay",),
-}
-
-
-def _normopt_method(name, c, lr):
-  """``normopt.<name>(learning_rate=lr, **keywords from the config)``."""
-  values = {**dataclasses.asdict(c), "momentum": c.beta}
-  return getattr(normopt, name)(
-      learning_rate=lr, **{k: values[k] for k in _KEYWORDS[name]})
-
-
-def method_names() -> list[str]:
-  return sorted(_METHODS)
-
-
-_METHODS = {
-    # optax baselines; weight decay is added to the gradient.
+# The optax baselines; every other method is normopt.<name>.
+_OPTAX_BASELINES = {
+    # weight decay is added to the gradient, as in the normopt methods
     "msgd": lambda c, lr: optax.chain(optax.add_decayed_weights(c.weight_decay),
                                       optax.sgd(lr, momentum=c.beta)),
     "optax_lars": lambda c, lr: optax.lars(
         lr, weight_decay=c.weight_decay, trust_coefficient=c.trust_coefficient,
         momentum=c.beta),
-    # normopt: built by name and keywords
-    **{name: functools.partial(_normopt_method, name) for name in (
-        "sngm", "sngd", "block_sngm", "lars", "clars", "normalized_sgdm",
-        "nigt", "qhm", "nshb", "snag", "lamb")},
 }
+# normopt methods this example trains (adaptive NIGT needs a second gradient).
+_NORMOPT_METHODS = ("sngm", "sngd", "block_sngm", "lars", "clars", "lamb",
+                    "normalized_sgdm", "nigt", "qhm", "nshb", "snag")
+
+
+def method_names() -> list[str]:
+  return sorted([*_OPTAX_BASELINES, *_NORMOPT_METHODS])
+
+
+def build_optimizer(name: str, config: Config, learning_rate):
+  """``normopt.<name>(learning_rate=..., **keywords)``, the keywords being
+  the config fields the method takes (``momentum`` is ``config.beta``);
+  only the optax baselines are special-cased."""
+  if name in _OPTAX_BASELINES:
+    return _OPTAX_BASELINES[name](config, learning_rate)
+  if name not in _NORMOPT_METHODS:
+    raise ValueError(f"unknown method {name!r}; choose one of "
+                     f"{', '.join(method_names())}")
+  factory = getattr(normopt, name)
+  values = {**dataclasses.asdict(config), "momentum": config.beta}
+  if name in ("lars", "clars") and config.mask_all:
+    values["mask"] = True
+  taken = inspect.signature(factory).parameters
+  return factory(learning_rate=learning_rate,
+                 **{k: v for k, v in values.items()
+                    if k in taken and k != "learning_rate"})
 
 
 class Plan(NamedTuple):
@@ -149,10 +148,7 @@ def make_schedule(config: Config, plan: Plan) -> optax.Schedule:
 
 
 def make_optimizer(config: Config, plan: Plan):
-  if config.method not in _METHODS:
-    raise ValueError(f"unknown method {config.method!r}; choose one of "
-                     f"{', '.join(method_names())}")
-  tx = _METHODS[config.method](config, make_schedule(config, plan))
+  tx = build_optimizer(config.method, config, make_schedule(config, plan))
   if plan.batch_schedule is None:
     return tx
   return optax.MultiSteps(tx, every_k_schedule=schedules.accumulation_steps(
@@ -191,6 +187,48 @@ def make_plan(config: Config, n: int) -> Plan:
   used = n // largest * largest
   return Plan(used // config.micro_batch, config.micro_batch,
               schedules.step_to_epoch(used, batch, config.epochs), batch)
+
+
+def train_step(params, opt_state, batch, *, tx, loss_fn,
+               clars_norms: bool = False, probed: bool = False,
+               axis_name: str | None = None):
+  """One optimizer step on ``batch = (x, y)``.
+
+  Loss and gradients (and, for CLARS, the per-example block norms, from the
+  probes in the same backward pass when ``probed``) of the batch, averaged
+  over the replicas of ``axis_name`` *before* the optimizer (normalizing
+  per replica and then averaging would give another direction), then
+  ``tx.update`` and ``optax.apply_updates``.
+
+  Returns:
+    ``(params, opt_state, loss)``.
+  """
+  def mean_over_replicas(tree):
+    return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
+
+  extra = {}
+  if clars_norms:
+    loss, grads, norms = normopt.per_example_block_norms(
+        lambda p, b, *pr: loss_fn(p, *b, *pr), params, batch, probed=probed)
+    extra = {"per_example_norms": mean_over_replicas(norms)}
+  else:
+    loss, grads = jax.value_and_grad(loss_fn)(params, *batch)
+  loss, grads = mean_over_replicas((loss, grads))
+  updates, opt_state = tx.update(grads, opt_state, params, **extra)
+  return optax.apply_updates(params, updates), opt_state, loss
+
+
+def eval_step(params, opt_state, *, apply_fn, loss_fn, test, probe,
+              igt: bool = False):
+  """Test accuracy, and the training-loss gradient norm on the ``probe``
+  examples (the quantity the QHM paper tracks); NIGT is evaluated at its
+  true iterate."""
+  if igt:
+    params = normopt.igt_true_params(params, opt_state)
+  logits = apply_fn(params, test[0])
+  grads = jax.grad(loss_fn)(params, *probe)
+  return (jnp.mean(jnp.argmax(logits, -1) == test[1]),
+          optax.tree.norm(grads))
 
 
 def _fsdp_sharding(mesh, shape) -> NamedSharding:
@@ -261,28 +299,17 @@ def train_and_evaluate(config: Config, workdir: str | Path | None = None,
         return jax.tree.map(lambda _: replicated, tree)
       return jax.tree.map(lambda x: _fsdp_sharding(mesh, jnp.shape(x)), tree)
 
-  def mean_over_replicas(tree):
-    # Data parallel: average gradients (and CLARS norms) *before* the
-    # optimizer; normalizing per replica and then averaging would be wrong.
-    return jax.lax.pmean(tree, "data") if pmap else tree
+  step_fn = functools.partial(
+      train_step, tx=tx, loss_fn=loss_fn, clars_norms=needs_norms,
+      probed=probed, axis_name="data" if pmap else None)
 
   def epoch_body(params, opt_state, order):  # order: (steps, local batch)
     def step(carry, idx):
-      params, opt_state = carry
       xb, yb = x_train[idx], y_train[idx]
       if batch_sharding is not None:
         xb, yb = jax.lax.with_sharding_constraint((xb, yb), batch_sharding)
-      extra = {}
-      if needs_norms:  # CLARS: loss, gradient and per-example norms, one pass
-        loss, grads, norms = normopt.per_example_block_norms(
-            lambda p, b, *pr: loss_fn(p, *b, *pr), params, (xb, yb),
-            probed=probed)
-        extra = {"per_example_norms": mean_over_replicas(norms)}
-      else:
-        loss, grads = jax.value_and_grad(loss_fn)(params, xb, yb)
-      loss, grads = mean_over_replicas((loss, grads))
-      updates, opt_state = tx.update(grads, opt_state, params, **extra)
-      return (optax.apply_updates(params, updates), opt_state), loss
+      params, opt_state, loss = step_fn(*carry, (xb, yb))
+      return (params, opt_state), loss
 
     (params, opt_state), losses = jax.lax.scan(step, (params, opt_state), order)
     if place is not None:
@@ -300,18 +327,10 @@ def train_and_evaluate(config: Config, workdir: str | Path | None = None,
       return body(params, opt_state, order[:, 0])
     return body(params, opt_state, order.transpose(1, 0, 2))
 
-  x_probe, y_probe = x_train[:4096], y_train[:4096]
-
-  @jax.jit
-  def evaluate(params, opt_state):
-    """Test accuracy, and the training-loss gradient norm on (up to) 4096
-    training examples: the quantity the QHM paper tracks."""
-    if is_igt:
-      params = normopt.igt_true_params(params, opt_state)
-    logits = nnx.merge(graphdef, params)(x_test)
-    grads = jax.grad(loss_fn)(params, x_probe, y_probe)
-    return (jnp.mean(jnp.argmax(logits, -1) == y_test),
-            optax.tree.norm(grads))
+  evaluate = jax.jit(functools.partial(
+      eval_step, apply_fn=lambda p, x: nnx.merge(graphdef, p)(x),
+      loss_fn=loss_fn, test=(x_test, y_test),
+      probe=(x_train[:4096], y_train[:4096]), igt=is_igt))
 
   opt_state = tx.init(params)
   key = jax.random.PRNGKey(config.seed)
@@ -376,63 +395,10 @@ def train_and_evaluate(config: Config, workdir: str | Path | None = None,
   if not np.isfinite(result["final_train_loss"]):
     result["test_accuracy"] = min(result["test_accuracy"], 0.1)
   if workdir is not None:
-    write_metrics(result, Path(workdir))
+    report.write_metrics(result, Path(workdir))
   result["params"] = params  # the trained (true, for NIGT) params; not saved
   return result
 
 
 def _first_replica(pmap: bool, tree):
   return jax.tree.map(lambda x: x[0], tree) if pmap else tree
-
-
-def write_metrics(result: dict, workdir: Path) -> None:
-  workdir.mkdir(parents=True, exist_ok=True)
-  (workdir / "metrics.json").write_text(json.dumps(result, indent=2))
-  with open(workdir / "metrics.csv", "w", newline="") as f:
-    writer = csv.DictWriter(f, ["epoch", "train_loss", "test_accuracy",
-                                "grad_norm"])
-    writer.writeheader()
-    writer.writerows(result["history"])
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
-  epochs = [h["epoch"] for h in result["history"]]
-  a.plot(epochs, [h["train_loss"] for h in result["history"]])
-  a.set(xlabel="epoch", ylabel="train loss", yscale="log")
-  b.plot(epochs, [h["test_accuracy"] for h in result["history"]])
-  b.set(xlabel="epoch", ylabel="test accuracy")
-  fig.suptitle(f"{result['method']} batch {result['batch_size']} "
-               f"lr {result['learning_rate']}")
-  fig.tight_layout()
-  fig.savefig(workdir / "curves.png", dpi=100)
-  plt.close(fig)
-
-
-def parse_config(argv=None) -> tuple[Config, str | None]:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  for field in dataclasses.fields(Config):
-    if field.type == "bool":
-      parser.add_argument(f"--{field.name}", action="store_true")
-      continue
-    kind = {"int": int, "float": float, "str": str}.get(
-        str(field.type).split(" ")[0], str)
-    parser.add_argument(f"--{field.name}", type=kind, default=field.default)
-  parser.add_argument("--workdir", default=None,
-                      help="where metrics.json, metrics.csv, curves.png and "
-                      "the per-epoch orbax checkpoints go")
-  args = vars(parser.parse_args(argv))
-  workdir = args.pop("workdir")
-  return Config(**args), workdir
-
-
-def main(argv=None) -> None:
-  config, workdir = parse_config(argv)
-  result = train_and_evaluate(config, workdir, progress=True)
-  print(f"{config.method} batch {config.batch_size} lr {config.learning_rate}: "
-        f"test accuracy {result['test_accuracy']:.4f} "
-        f"in {result['seconds']:.1f}s")
-
-
-if __name__ == "__main__":
-  main()

@@ -1,13 +1,18 @@
 """The training example and the main command, at tiny sizes."""
 
+import functools
 import json
 import pickle
 
 import chex
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
-from benchmarks import data, large_batch, train
+import normopt
+from benchmarks import data, large_batch, main, train
 
 
 @pytest.fixture(autouse=True)
@@ -30,8 +35,59 @@ def test_every_method_trains_digits_mlp(method, tmp_path):
   assert (tmp_path / "metrics.csv").exists() and (tmp_path / "curves.png").exists()
 
 
+def _tiny_problem(seed=0):
+  rng = np.random.default_rng(seed)
+  params = {"w": jnp.asarray(rng.normal(size=(6, 3)), jnp.float32),
+            "b": jnp.zeros(3, jnp.float32)}
+  x = jnp.asarray(rng.normal(size=(8, 6)), jnp.float32)
+  y = jnp.asarray(rng.integers(0, 3, 8))
+
+  def loss_fn(p, x, y, probes=None):
+    logits = (x @ p["w"] + p["b"] if probes is None else normopt.probed_dense(
+        x, p["w"], p["b"], probes["w"], probes["b"]))
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+  return params, (x, y), loss_fn
+
+
+def test_train_step_is_one_update_of_the_batch_gradient():
+  params, batch, loss_fn = _tiny_problem()
+  tx = normopt.sngm(0.1)
+  new, _, loss = jax.jit(functools.partial(
+      train.train_step, tx=tx, loss_fn=loss_fn))(params, tx.init(params), batch)
+  g = jax.grad(loss_fn)(params, *batch)
+  u, _ = tx.update(g, tx.init(params), params)
+  chex.assert_trees_all_close(new, optax.apply_updates(params, u), rtol=1e-6)
+  np.testing.assert_allclose(float(loss), float(loss_fn(params, *batch)),
+                             rtol=1e-6)
+
+
+@pytest.mark.parametrize("probed", [False, True])
+def test_train_step_feeds_clars_the_per_example_norms(probed):
+  params, batch, loss_fn = _tiny_problem(1)
+  tx = normopt.clars(1.0, trust_coefficient=0.1, mask=True)
+  new, _, _ = train.train_step(params, tx.init(params), batch, tx=tx,
+                               loss_fn=loss_fn, clars_norms=True, probed=probed)
+  _, g, norms = normopt.per_example_block_norms(
+      lambda p, b: loss_fn(p, *b), params, batch)
+  u, _ = tx.update(g, tx.init(params), params, per_example_norms=norms)
+  chex.assert_trees_all_close(new, optax.apply_updates(params, u), rtol=1e-5)
+
+
+def test_optimizers_built_by_name_and_keywords():
+  config = train.Config(method="lars", beta=0.8, weight_decay=0.0,
+                        trust_coefficient=0.5, mask_all=True)
+  params = {"w": jnp.full((2, 2), 2.0)}
+  g = {"w": jnp.full((2, 2), 0.5)}
+  tx = train.build_optimizer("lars", config, 0.1)
+  want = normopt.lars(0.1, momentum=0.8, trust_coefficient=0.5, mask=True)
+  chex.assert_trees_all_close(tx.update(g, tx.init(params), params)[0],
+                              want.update(g, want.init(params), params)[0])
+  with pytest.raises(ValueError, match="unknown method"):
+    train.build_optimizer("adam", config, 0.1)
+
+
 def test_cli_cnn1d_on_small_mnist1d(tmp_path, capsys):
-  train.main(["--num_samples", "600", "--epochs", "1", "--batch_size", "32",
+  main.main(["--num_samples", "600", "--epochs", "1", "--batch_size", "32",
               "--method", "sngm", "--schedule", "polynomial",
               "--warmup_epochs", "0", "--workdir", str(tmp_path)])
   assert "test accuracy" in capsys.readouterr().out

@@ -58,17 +58,21 @@ def sngm(learning_rate: ScalarOrSchedule, *, beta: ScalarOrSchedule = 0.9,
     An ``optax.GradientTransformation``.
 
   Example:
-    >>> import jax.numpy as jnp, optax, normopt
+    >>> import jax, jax.numpy as jnp, optax, normopt
+    >>> loss = lambda w: jnp.sum((w['k'] - 3.) ** 2)
+    >>> w = {'k': jnp.ones((2, 2))}
     >>> tx = normopt.sngm(0.1)
-    >>> w = jnp.array([3., 4.])
-    >>> u, _ = tx.update(w, tx.init(w), w)
-    >>> optax.apply_updates(w, u)
-    Array([2.94, 3.92], dtype=float32)
+    >>> state = tx.init(w)
+    >>> for _ in range(50):
+    ...   u, state = tx.update(jax.grad(loss)(w), state, w)
+    ...   w = optax.apply_updates(w, u)
+    >>> print(f"loss {float(loss(w)):.4f}")
+    loss 0.0034
 
   References:
-    Zhao, Xie, Li, *On the Convergence and Improvement of Stochastic
-    Normalized Gradient Descent*, Sci. China Inf. Sci. 2021 (arXiv
-    2020), Alg. 1.
+    Zhao, Shi, Xie, Li, *Stochastic normalized gradient descent with
+    momentum for large-batch training*, Sci. China Inf. Sci. 2024,
+    https://arxiv.org/abs/2007.13985, Alg. 1.
   """
   _check_rate_and_decay(learning_rate, weight_decay)
   return optax.chain(
@@ -89,11 +93,21 @@ def sngd(learning_rate: ScalarOrSchedule, *, weight_decay: float = 0.0,
   Arguments as for :func:`sngm`.
 
   Example:
-    >>> import normopt
+    >>> import jax, jax.numpy as jnp, optax, normopt
+    >>> loss = lambda w: jnp.sum((w['k'] - 3.) ** 2)
+    >>> w = {'k': jnp.ones((2, 2))}
     >>> tx = normopt.sngd(0.1)
+    >>> state = tx.init(w)
+    >>> for _ in range(50):
+    ...   u, state = tx.update(jax.grad(loss)(w), state, w)
+    ...   w = optax.apply_updates(w, u)
+    >>> print(f"loss {float(loss(w)):.4f}")
+    loss 0.0000
 
   References:
-    SNGM paper (Zhao et al.), Sec. 4: SNGM with β = 0.
+    Zhao, Shi, Xie, Li, *Stochastic normalized gradient descent with
+    momentum for large-batch training*, Sci. China Inf. Sci. 2024,
+    https://arxiv.org/abs/2007.13985, Sec. 4 (SNGM with β = 0).
   """
   _check_rate_and_decay(learning_rate, weight_decay)
   return optax.chain(
@@ -129,11 +143,21 @@ def block_sngm(learning_rate: ScalarOrSchedule, *,
     An ``optax.GradientTransformation``.
 
   Example:
-    >>> import normopt
-    >>> tx = normopt.block_sngm(0.1, beta=0.9)
+    >>> import jax, jax.numpy as jnp, optax, normopt
+    >>> loss = lambda w: jnp.sum((w['k'] - 3.) ** 2)
+    >>> w = {'k': jnp.ones((2, 2))}
+    >>> tx = normopt.block_sngm(0.1)
+    >>> state = tx.init(w)
+    >>> for _ in range(50):
+    ...   u, state = tx.update(jax.grad(loss)(w), state, w)
+    ...   w = optax.apply_updates(w, u)
+    >>> print(f"loss {float(loss(w)):.4f}")
+    loss 0.0034
 
   References:
-    SNGM paper (Zhao et al.), eq. (13)-(14) and Theorem 3.
+    Zhao, Shi, Xie, Li, *Stochastic normalized gradient descent with
+    momentum for large-batch training*, Sci. China Inf. Sci. 2024,
+    https://arxiv.org/abs/2007.13985, eq. (13)-(14).
   """
   _check_rate_and_decay(learning_rate, weight_decay)
   return optax.chain(
@@ -181,12 +205,22 @@ def lars(learning_rate: ScalarOrSchedule, *, weight_decay: float = 0.0,
     An ``optax.GradientTransformationExtraArgs`` (it needs ``params``).
 
   Example:
-    >>> import normopt
-    >>> tx = normopt.lars(1.0, momentum=0.9, weight_decay=1e-4)
+    >>> import jax, jax.numpy as jnp, optax, normopt
+    >>> loss = lambda w: jnp.sum((w['k'] - 3.) ** 2)
+    >>> w = {'k': jnp.ones((2, 2))}
+    >>> tx = normopt.lars(1.0, trust_coefficient=0.1)
+    >>> state = tx.init(w)
+    >>> for _ in range(50):
+    ...   u, state = tx.update(jax.grad(loss)(w), state, w)
+    ...   w = optax.apply_updates(w, u)
+    >>> print(f"loss {float(loss(w)):.4f}")
+    loss 1.0489
 
   References:
     You, Gitman, Ginsburg, *Large Batch Training of Convolutional Networks*,
-    2017; CLARS paper (Huo et al.), eq. (3).
+    2017, https://arxiv.org/abs/1708.03888; Huo, Gu, Huang, *Large Batch
+    Training Does Not Need Warmup*, 2020, eq. (3),
+    https://arxiv.org/abs/2002.01576.
   """
   _check_rate_and_decay(learning_rate, weight_decay)
   check_in_range("momentum", momentum, 0.0, 1.0, high_inclusive=False)
@@ -233,12 +267,23 @@ def clars(learning_rate: ScalarOrSchedule, *, weight_decay: float = 0.0,
     An ``optax.GradientTransformationExtraArgs``.
 
   Example:
-    >>> import normopt
-    >>> tx = normopt.clars(1.0)
+    >>> import jax.numpy as jnp, optax, normopt
+    >>> x = jnp.array([[1., 0.], [0., 1.], [1., 1.]])
+    >>> y = jnp.array([[1.], [2.], [3.]])
+    >>> loss = lambda w, batch: jnp.mean((batch[0] @ w['k'] - batch[1]) ** 2)
+    >>> w = {'k': jnp.ones((2, 1))}
+    >>> tx = normopt.clars(0.5, trust_coefficient=0.1)
+    >>> state = tx.init(w)
+    >>> for _ in range(30):
+    ...   _, g, norms = normopt.per_example_block_norms(loss, w, (x, y))
+    ...   u, state = tx.update(g, state, w, per_example_norms=norms)
+    ...   w = optax.apply_updates(w, u)
+    >>> print(f"loss {float(loss(w, (x, y))):.4f}")
+    loss 0.0019
 
   References:
-    Huo, Gu, Huang, *Large Batch Optimization for Deep Learning Using New
-    Complete Layer-wise Adaptive Rate Scaling*, AAAI 2021, Alg. 1, eq. (4)-(5).
+    Huo, Gu, Huang, *Large Batch Training Does Not Need Warmup* (CLARS),
+    2020, Alg. 1, eq. (4)-(5), https://arxiv.org/abs/2002.01576.
   """
   _check_rate_and_decay(learning_rate, weight_decay)
   check_in_range("momentum", momentum, 0.0, 1.0, high_inclusive=False)
@@ -274,12 +319,20 @@ def normalized_sgdm(learning_rate: ScalarOrSchedule, *,
     An ``optax.GradientTransformation``.
 
   Example:
-    >>> import normopt
-    >>> tx = normopt.normalized_sgdm(0.01, beta=0.9)
+    >>> import jax, jax.numpy as jnp, optax, normopt
+    >>> loss = lambda w: jnp.sum((w['k'] - 3.) ** 2)
+    >>> w = {'k': jnp.ones((2, 2))}
+    >>> tx = normopt.normalized_sgdm(0.1)
+    >>> state = tx.init(w)
+    >>> for _ in range(50):
+    ...   u, state = tx.update(jax.grad(loss)(w), state, w)
+    ...   w = optax.apply_updates(w, u)
+    >>> print(f"loss {float(loss(w)):.4f}")
+    loss 0.6400
 
   References:
     Cutkosky & Mehta, *Momentum Improves Normalized SGD*, ICML 2020,
-    eq. (2)-(3) and Theorem 1.
+    eq. (2)-(3) and Theorem 1, https://arxiv.org/abs/2002.03305.
   """
   _check_rate_and_decay(learning_rate, weight_decay)
   return optax.chain(
@@ -317,11 +370,20 @@ def nigt(learning_rate: ScalarOrSchedule, *, beta: ScalarOrSchedule = 0.9,
     An ``optax.GradientTransformation``.
 
   Example:
-    >>> import normopt
-    >>> tx = normopt.nigt(0.01, beta=0.9)
+    >>> import jax, jax.numpy as jnp, optax, normopt
+    >>> loss = lambda w: jnp.sum((w['k'] - 3.) ** 2)
+    >>> w = {'k': jnp.ones((2, 2))}
+    >>> tx = normopt.nigt(0.1)
+    >>> state = tx.init(w)
+    >>> for _ in range(50):
+    ...   u, state = tx.update(jax.grad(loss)(w), state, w)
+    ...   w = optax.apply_updates(w, u)
+    >>> print(f"loss {float(loss(normopt.igt_true_params(w, state))):.4f}")
+    loss 0.0000
 
   References:
-    Cutkosky & Mehta, *Momentum Improves Normalized SGD*, ICML 2020, Alg. 1.
+    Cutkosky & Mehta, *Momentum Improves Normalized SGD*, ICML 2020, Alg. 1,
+    https://arxiv.org/abs/2002.03305.
   """
   _check_rate_and_decay(learning_rate, weight_decay)
   return optax.chain(
@@ -357,13 +419,22 @@ def qhm(learning_rate: ScalarOrSchedule, *, beta: ScalarOrSchedule = 0.9,
     An ``optax.GradientTransformation``.
 
   Example:
-    >>> import normopt
-    >>> tx = normopt.qhm(0.1, beta=0.9, nu=0.7)
+    >>> import jax, jax.numpy as jnp, optax, normopt
+    >>> loss = lambda w: jnp.sum((w['k'] - 3.) ** 2)
+    >>> w = {'k': jnp.ones((2, 2))}
+    >>> tx = normopt.qhm(0.1, nu=0.7)
+    >>> state = tx.init(w)
+    >>> for _ in range(50):
+    ...   u, state = tx.update(jax.grad(loss)(w), state, w)
+    ...   w = optax.apply_updates(w, u)
+    >>> print(f"loss {float(loss(w)):.4f}")
+    loss 0.0034
 
   References:
     Ma & Yarats, *Quasi-hyperbolic momentum and Adam for deep learning*,
-    ICLR 2019; Kamo & Iiduka, mini-batch QHM with increasing batch size,
-    Alg. 1.
+    ICLR 2019, https://arxiv.org/abs/1810.06801; Imaizumi & Iiduka, *Both
+    Asymptotic and Non-Asymptotic Convergence of Quasi-Hyperbolic Momentum
+    using Increasing Batch Size*, ACML 2025, Alg. 1.
   """
   _check_rate_and_decay(learning_rate, weight_decay)
   return optax.chain(
@@ -380,11 +451,21 @@ def nshb(learning_rate: ScalarOrSchedule, *, beta: ScalarOrSchedule = 0.9,
   ``d_k = (1-β) g_k + β d_{k-1}``, ``x_{k+1} = x_k - α d_k``.
 
   Example:
-    >>> import normopt
-    >>> tx = normopt.nshb(0.1, beta=0.9)
+    >>> import jax, jax.numpy as jnp, optax, normopt
+    >>> loss = lambda w: jnp.sum((w['k'] - 3.) ** 2)
+    >>> w = {'k': jnp.ones((2, 2))}
+    >>> tx = normopt.nshb(0.5)
+    >>> state = tx.init(w)
+    >>> for _ in range(50):
+    ...   u, state = tx.update(jax.grad(loss)(w), state, w)
+    ...   w = optax.apply_updates(w, u)
+    >>> print(f"loss {float(loss(w)):.4f}")
+    loss 0.0711
 
   References:
-    Gupal & Bazhenov, 1972; QHM increasing-batch paper, Sec. 1.
+    Gupal & Bazhenov, 1972; Imaizumi & Iiduka, *Both Asymptotic and
+    Non-Asymptotic Convergence of Quasi-Hyperbolic Momentum using Increasing
+    Batch Size*, ACML 2025, Sec. 1.
   """
   return qhm(learning_rate, beta=beta, nu=1.0, weight_decay=weight_decay)
 
@@ -394,11 +475,23 @@ def snag(learning_rate: ScalarOrSchedule, *, beta: ScalarOrSchedule = 0.9,
   """Stochastic Nesterov accelerated gradient: :func:`qhm` with ν = β.
 
   Example:
-    >>> import normopt
-    >>> tx = normopt.snag(0.1, beta=0.9)
+    >>> import jax, jax.numpy as jnp, optax, normopt
+    >>> loss = lambda w: jnp.sum((w['k'] - 3.) ** 2)
+    >>> w = {'k': jnp.ones((2, 2))}
+    >>> tx = normopt.snag(0.5)
+    >>> state = tx.init(w)
+    >>> for _ in range(50):
+    ...   u, state = tx.update(jax.grad(loss)(w), state, w)
+    ...   w = optax.apply_updates(w, u)
+    >>> print(f"loss {float(loss(w)):.4f}")
+    loss 0.0004
 
   References:
-    Gitman et al., 2019; QHM increasing-batch paper, Sec. 1.
+    Gitman, Lang, Zhang, Xiao, *Understanding the Role of Momentum in
+    Stochastic Gradient Methods*, NeurIPS 2019,
+    https://arxiv.org/abs/1910.13962; Imaizumi & Iiduka, *Both Asymptotic
+    and Non-Asymptotic Convergence of Quasi-Hyperbolic Momentum using
+    Increasing Batch Size*, ACML 2025, Sec. 1.
   """
   return qhm(learning_rate, beta=beta, nu=beta, weight_decay=weight_decay)
 

@@ -131,8 +131,9 @@ def qh_combine(beta: ScalarOrSchedule, *,
 
   References:
     Ma & Yarats, *Quasi-hyperbolic momentum and Adam for deep learning*,
-    2019; Kamo & Iiduka, *Increasing batch size improves convergence of
-    stochastic gradient descent with momentum* (mini-batch QHM), Alg. 1.
+    2019; Imaizumi & Iiduka, *Both Asymptotic and Non-Asymptotic Convergence
+    of Quasi-Hyperbolic Momentum using Increasing Batch Size*, ACML 2025
+    (mini-batch QHM), Alg. 1.
   """
   check_in_range("beta", beta, 0.0, 1.0, high_inclusive=False)
   check_in_range("nu", nu, 0.0, 1.0, high_inclusive=True)

@@ -8,8 +8,9 @@ step count into the epoch when the batch size changes with the epoch, so
 ``optax.MultiSteps`` so that a fixed micro-batch realizes the growing batch
 without recompiling.
 
-Reference: Kamo & Iiduka, mini-batch QHM with increasing batch size,
-Sec. 2.3-2.5, eq. (1)-(12).
+Reference: Imaizumi & Iiduka, *Both Asymptotic and Non-Asymptotic
+Convergence of Quasi-Hyperbolic Momentum using Increasing Batch Size*, ACML
+2025, Sec. 2.3-2.5, eq. (1)-(12).
 """
 
 from __future__ import annotations
