@@ -176,3 +176,29 @@ def test_trust_coefficient_must_be_positive():
     normopt.trust_ratio("lars", trust_coefficient=0.0)
   with pytest.raises(ValueError, match="kind"):
     normopt.trust_ratio("lamb")
+
+
+def _documented_args(doc: str) -> set[str]:
+  lines = doc.splitlines()
+  if "  Args:" not in lines:
+    return set()
+  names, start = set(), lines.index("  Args:") + 1
+  for line in lines[start:]:
+    if line and not line.startswith("    "):
+      break
+    if line.startswith("    ") and not line.startswith("     ") and ":" in line:
+      names.add(line.strip().split(":")[0].split(" ")[0])
+  return names
+
+
+@pytest.mark.parametrize("name", sorted(
+    n for n in normopt.__all__
+    if inspect.isfunction(getattr(normopt, n))))
+def test_docstring_documents_every_argument_and_has_an_example(name):
+  fn = getattr(normopt, name)
+  doc = fn.__doc__
+  params = set(inspect.signature(fn).parameters)
+  assert params <= _documented_args(doc), params - _documented_args(doc)
+  assert (">>>" in doc and "References:" in doc) or name in (
+      "assert_replicated", "exclude_bias_and_norm", "telemetry",
+      "norm_probes", "per_example_block_norms", "probed", "igt_true_params")

@@ -52,7 +52,8 @@ def sngm(learning_rate: ScalarOrSchedule, *, beta: ScalarOrSchedule = 0.9,
     eps: added to the norm (see :func:`normalize_global`).
     axis_name: the mapped axis (``pmap``/``shard_map``) over which each
       leaf is sharded; squared norms are summed over it. Not for data
-      parallelism: there, average the gradients first (see README).
+      parallelism: there, average the gradients first (see the
+      distributed-training guide).
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -90,7 +91,18 @@ def sngd(learning_rate: ScalarOrSchedule, *, weight_decay: float = 0.0,
 
   ``w ← w - η g/‖g‖``. The chain leaves the momentum buffer out (with β = 0
   it only copies ``g``), which saves two of its six memory streams.
-  Arguments as for :func:`sngm`.
+
+  Args:
+    learning_rate: η, a constant or an optax schedule.
+    weight_decay: L2 coefficient added to the gradient before normalizing.
+    eps: added to the norm (see :func:`normalize_global`).
+    axis_name: the mapped axis (``pmap``/``shard_map``) over which each
+      leaf is sharded; squared norms are summed over it. Not for data
+      parallelism: there, average the gradients first (see the
+      distributed-training guide).
+
+  Returns:
+    An ``optax.GradientTransformation``.
 
   Example:
     >>> import jax, jax.numpy as jnp, optax, normopt
@@ -137,7 +149,8 @@ def block_sngm(learning_rate: ScalarOrSchedule, *,
       :func:`normalize_per_block`).
     axis_name: the mapped axis (``pmap``/``shard_map``) over which each
       leaf is sharded; squared norms are summed over it. Not for data
-      parallelism: there, average the gradients first (see README).
+      parallelism: there, average the gradients first (see the
+      distributed-training guide).
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -197,9 +210,12 @@ def lars(learning_rate: ScalarOrSchedule, *, weight_decay: float = 0.0,
     nesterov: use Nesterov momentum.
     mask: which leaves get the trust ratio and weight decay (``None``:
       all but biases and normalization params; ``True``: all).
+    blocks: which leaves share one trust ratio: ``None`` (one per leaf) or
+      labels, as for :func:`normalize_per_block`.
     axis_name: the mapped axis (``pmap``/``shard_map``) over which each
       leaf is sharded; squared norms are summed over it. Not for data
-      parallelism: there, average the gradients first (see README).
+      parallelism: there, average the gradients first (see the
+      distributed-training guide).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` (it needs ``params``).
@@ -259,9 +275,12 @@ def clars(learning_rate: ScalarOrSchedule, *, weight_decay: float = 0.0,
     eps: added to the denominator.
     mask: which leaves get the trust ratio and weight decay (``None``:
       all but biases and normalization params; ``True``: all).
+    blocks: which leaves share one trust ratio: ``None`` (one per leaf) or
+      labels, as for :func:`normalize_per_block`.
     axis_name: the mapped axis (``pmap``/``shard_map``) over which each
       leaf is sharded; squared norms are summed over it. Not for data
-      parallelism: there, average the gradients first (see README).
+      parallelism: there, average the gradients first (see the
+      distributed-training guide).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -313,7 +332,8 @@ def normalized_sgdm(learning_rate: ScalarOrSchedule, *,
     eps: added to the norm.
     axis_name: the mapped axis (``pmap``/``shard_map``) over which each
       leaf is sharded; squared norms are summed over it. Not for data
-      parallelism: there, average the gradients first (see README).
+      parallelism: there, average the gradients first (see the
+      distributed-training guide).
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -364,7 +384,8 @@ def nigt(learning_rate: ScalarOrSchedule, *, beta: ScalarOrSchedule = 0.9,
     eps: added to the norm.
     axis_name: the mapped axis (``pmap``/``shard_map``) over which each
       leaf is sharded; squared norms are summed over it. Not for data
-      parallelism: there, average the gradients first (see README).
+      parallelism: there, average the gradients first (see the
+      distributed-training guide).
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -448,7 +469,16 @@ def nshb(learning_rate: ScalarOrSchedule, *, beta: ScalarOrSchedule = 0.9,
          weight_decay: float = 0.0) -> optax.GradientTransformation:
   """Normalized stochastic heavy ball: :func:`qhm` with ν = 1.
 
-  ``d_k = (1-β) g_k + β d_{k-1}``, ``x_{k+1} = x_k - α d_k``.
+  ``d_k = (1-β) g_k + β d_{k-1}``, ``x_{k+1} = x_k - α d_k``; equal to
+  ``optax.sgd(α (1-β), momentum=β)``.
+
+  Args:
+    learning_rate: α, a constant or a schedule.
+    beta: β in [0, 1), or a schedule.
+    weight_decay: L2 coefficient added to the gradient.
+
+  Returns:
+    An ``optax.GradientTransformation``.
 
   Example:
     >>> import jax, jax.numpy as jnp, optax, normopt
@@ -473,6 +503,16 @@ def nshb(learning_rate: ScalarOrSchedule, *, beta: ScalarOrSchedule = 0.9,
 def snag(learning_rate: ScalarOrSchedule, *, beta: ScalarOrSchedule = 0.9,
          weight_decay: float = 0.0) -> optax.GradientTransformation:
   """Stochastic Nesterov accelerated gradient: :func:`qhm` with ν = β.
+
+  Equal to ``optax.sgd(α (1-β), momentum=β, nesterov=True)``.
+
+  Args:
+    learning_rate: α, a constant or a schedule.
+    beta: β in [0, 1), or a schedule.
+    weight_decay: L2 coefficient added to the gradient.
+
+  Returns:
+    An ``optax.GradientTransformation``.
 
   Example:
     >>> import jax, jax.numpy as jnp, optax, normopt

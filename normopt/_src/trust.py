@@ -42,6 +42,12 @@ def exclude_bias_and_norm(params):
   Biases and the scales/offsets of normalization layers are vectors (or
   scalars); the LARS and CLARS papers exclude them from layer-wise scaling
   and from weight decay. Pass your own mask to change this.
+
+  Args:
+    params: the params (any pytree of arrays).
+
+  Returns:
+    A tree like ``params`` of Python bools.
   """
   return jax.tree.map(lambda p: jnp.ndim(p) > 1, params)
 
