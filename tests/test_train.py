@@ -267,3 +267,17 @@ def test_per_example_speed_smoke(tmp_path, capsys):
   assert "probed" in capsys.readouterr().out
   assert {r["path"] for r in json.loads(out.read_text())} == {
       "grad", "exact", "exact_chunked", "probed"}
+
+
+def test_compile_time_smoke(tmp_path, capsys):
+  """Times every method on a 4-leaf tree; checks the table and the ratios'
+  bookkeeping, not the times."""
+  from benchmarks.speed import compile_time
+  out = tmp_path / "rows.json"
+  compile_time.main(["--leaves", "4", "--json", str(out)])
+  rows = json.loads(out.read_text())
+  assert {r["method"] for r in rows} == set(compile_time.METHODS)
+  lars = next(r for r in rows if r["method"] == "lars")
+  optax_lars = next(r for r in rows if r["method"] == "optax.lars")
+  assert lars["vs_optax"] == lars["total_s"] / optax_lars["total_s"]
+  assert "| lamb |" in capsys.readouterr().out
