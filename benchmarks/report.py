@@ -39,7 +39,7 @@ def write_metrics(result: dict, workdir: Path) -> None:
   (workdir / "metrics.json").write_text(json.dumps(result, indent=2))
   with open(workdir / "metrics.csv", "w", newline="") as f:
     writer = csv.DictWriter(f, ["epoch", "train_loss", "test_accuracy",
-                                "grad_norm"])
+                                "grad_norm"], extrasaction="ignore")
     writer.writeheader()
     writer.writerows(result["history"])
   plt = _pyplot()

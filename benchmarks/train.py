@@ -373,7 +373,9 @@ def train_and_evaluate(config: Config, workdir: str | Path | None = None,
     accuracy, grad_norm = map(float, evaluate(
         *_first_replica(pmap, (params, opt_state))))
     history.append({"epoch": epoch + 1, "train_loss": float(loss),
-                    "test_accuracy": accuracy, "grad_norm": grad_norm})
+                    "test_accuracy": accuracy, "grad_norm": grad_norm,
+                    "telemetry": telemetry_record(
+                        _first_replica(pmap, opt_state))})
     if bar is not None:
       bar.set_postfix(loss=f"{float(loss):.3f}", acc=f"{accuracy:.4f}")
     if manager is not None:
@@ -398,6 +400,15 @@ def train_and_evaluate(config: Config, workdir: str | Path | None = None,
     report.write_metrics(result, Path(workdir))
   result["params"] = params  # the trained (true, for NIGT) params; not saved
   return result
+
+
+def telemetry_record(opt_state) -> dict[str, float]:
+  """``normopt.telemetry`` of the optimizer state as a flat dict of floats,
+  keyed ``"<link>/<quantity><layer path>"`` (for metrics.json)."""
+  flat, _ = jax.tree_util.tree_flatten_with_path(normopt.telemetry(opt_state))
+  return {"/".join(str(getattr(k, "key", k)) for k in path[:2])
+          + jax.tree_util.keystr(path[2:]).removesuffix(".value"): float(value)
+          for path, value in flat}
 
 
 def _first_replica(pmap: bool, tree):

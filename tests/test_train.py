@@ -73,6 +73,16 @@ def test_train_step_feeds_clars_the_per_example_norms(probed):
   chex.assert_trees_all_close(new, optax.apply_updates(params, u), rtol=1e-5)
 
 
+def test_history_logs_telemetry_per_layer():
+  result = train.train_and_evaluate(train.Config(
+      dataset="digits", model="mlp", method="lars", epochs=1, batch_size=64,
+      learning_rate=1.0))
+  logged = result["history"][0]["telemetry"]
+  assert 0 < logged["trust_ratio_0/ratios['hidden']['kernel']"] < 1
+  assert normopt.TRUST_STATUS[int(
+      logged["trust_ratio_0/status['hidden']['bias']"])] == "masked_out"
+
+
 def test_optimizers_built_by_name_and_keywords():
   config = train.Config(method="lars", beta=0.8, weight_decay=0.0,
                         trust_coefficient=0.5, mask_all=True)
