@@ -22,6 +22,13 @@ from normopt._src.extrapolate import (
                                 igt_true_params,
 )
 from normopt._src.momentum import HeavyBallState, QhCombineState, heavy_ball, qh_combine
+from normopt._src.noise_scale import (
+                                NoiseScaleEstimate,
+                                NoiseScaleState,
+                                gradient_noise_scale,
+                                noise_scale_of,
+                                track_noise_scale,
+)
 from normopt._src.normalize import (
                                 NormalizeGlobalState,
                                 NormalizePerBlockState,
@@ -40,6 +47,8 @@ __all__ = (
     "AdaptiveNigtState",
     "HeavyBallState",
     "IgtExtrapolateState",
+    "NoiseScaleEstimate",
+    "NoiseScaleState",
     "NormProbe",
     "NormalizeGlobalState",
     "NormalizePerBlockState",
@@ -50,12 +59,14 @@ __all__ = (
     "block_sngm",
     "clars",
     "exclude_bias_and_norm",
+    "gradient_noise_scale",
     "heavy_ball",
     "igt_extrapolate",
     "igt_true_params",
     "lamb",
     "lars",
     "nigt",
+    "noise_scale_of",
     "norm_probes",
     "normalize_global",
     "normalize_per_block",
@@ -71,5 +82,6 @@ __all__ = (
     "sngm",
     "snag",
     "telemetry",
+    "track_noise_scale",
     "trust_ratio",
 )

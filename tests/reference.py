@@ -237,3 +237,20 @@ def qhm(grad, w, steps, lr, beta, nu, wd=0.0):
     m = [(1 - v) * gi + v * di for gi, di in zip(g, d)]
     w = [wi - a * mi for wi, mi in zip(w, m)]
   return w
+
+
+# --- measurements -------------------------------------------------------------
+
+def noise_scale(example_grads):
+  """McCandlish et al. (2018), App. A.1: the unbiased estimators of |G|^2 and
+  tr(Sigma) from per-example gradients (a list over examples of block lists),
+  and their ratio B_simple."""
+  b = len(example_grads)
+  flat = [np.concatenate([np.ravel(np.asarray(g, np.float64)) for g in ex])
+          for ex in example_grads]
+  s = np.mean([np.dot(f, f) for f in flat])
+  mean = np.mean(flat, axis=0)
+  g2 = float(np.dot(mean, mean))
+  grad_sq = (b * g2 - s) / (b - 1)
+  trace = b * (s - g2) / (b - 1)
+  return trace / grad_sq, trace, grad_sq

@@ -201,4 +201,5 @@ def test_docstring_documents_every_argument_and_has_an_example(name):
   assert params <= _documented_args(doc), params - _documented_args(doc)
   assert (">>>" in doc and "References:" in doc) or name in (
       "assert_replicated", "exclude_bias_and_norm", "telemetry",
-      "norm_probes", "per_example_block_norms", "probed", "igt_true_params")
+      "norm_probes", "per_example_block_norms", "probed", "igt_true_params",
+      "noise_scale_of")

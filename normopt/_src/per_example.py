@@ -83,10 +83,7 @@ def per_example_block_norms(
     Huo, Gu, Huang, *Large Batch Optimization for Deep Learning Using New
     Complete Layer-wise Adaptive Rate Scaling*, AAAI 2021, Alg. 1, eq. (5).
   """
-  sizes = {x.shape[0] for x in jax.tree.leaves(batch)}
-  if len(sizes) != 1:
-    raise ValueError(f"batch leaves must share the leading axis, got {sizes}")
-  size = sizes.pop()
+  size = batch_size(batch)
   resolved = blocks_lib.resolve(blocks, params)
   if num_examples is not None:
     if not 0 < num_examples <= size:
@@ -100,6 +97,27 @@ def per_example_block_norms(
                                           blocks=blocks, chunk_size=chunk_size,
                                           probed=probed)
     return loss, grads, norms
+  loss, grads, matrix = example_norm_matrix(
+      loss_fn, params, batch, resolved, chunk_size=chunk_size, probed=probed)
+  norms = jnp.mean(matrix, 1)
+  return loss, grads, blocks_lib.to_tree(resolved, list(norms), params)
+
+
+def batch_size(batch) -> int:
+  """The common leading (example) axis of the leaves of ``batch``."""
+  sizes = {x.shape[0] for x in jax.tree.leaves(batch)}
+  if len(sizes) != 1:
+    raise ValueError(f"batch leaves must share the leading axis, got {sizes}")
+  return sizes.pop()
+
+
+def example_norm_matrix(loss_fn, params, batch, resolved, *,
+                        chunk_size: int | None = None, probed: bool = False):
+  """``(loss, grads, N)``: the mean loss and gradient of the batch and
+  ``N[k, i] = ‖∇_k f_i‖``, every example's gradient norm in every block
+  (``(blocks, B)``), from one pass (exact or probed path, see
+  :func:`per_example_block_norms`)."""
+  size = batch_size(batch)
   if probed:
     if chunk_size is not None:
       raise ValueError("chunk_size applies to the exact path only; the probe "
@@ -122,16 +140,15 @@ def per_example_block_norms(
                                          g.astype(dtype))
                   for g in jax.tree.leaves(grads)]
     return (jnp.sum(losses), jax.tree.map(lambda g: jnp.sum(g, 0), grads),
-            jnp.sum(_group_norms(leaf_norms, resolved), 1))
+            _group_norms(leaf_norms, resolved))
 
   chunks = jax.tree.map(
       lambda x: x.reshape(size // chunk, chunk, *x.shape[1:]), batch)
-  losses, grads, norms = jax.lax.map(per_chunk, chunks)
+  losses, grads, norms = jax.lax.map(per_chunk, chunks)  # (chunks, blocks, c)
   loss = jnp.sum(losses) / size
   grads = jax.tree.map(lambda g, p: (jnp.sum(g, 0) / size).astype(p.dtype),
                        grads, params)
-  norms = jnp.sum(norms, 0) / size
-  return loss, grads, blocks_lib.to_tree(resolved, list(norms), params)
+  return loss, grads, jnp.moveaxis(norms, 0, 1).reshape(norms.shape[1], size)
 
 
 def _group_norms(leaf_norms, resolved) -> jax.Array:
@@ -163,21 +180,18 @@ def _probed_norms(loss_fn, params, batch, size, resolved):
     loss, (grads, leaf_norms) = jax.value_and_grad(loss_fn, argnums=(0, 2))(
         params, batch, probes_lib.norm_probes(params, size, safe=safe))
     # The probes hold ||grad of (f_i / B)||: scale back to ||grad f_i||.
-    norms = size * jnp.mean(
-        _group_norms(jax.tree.leaves(leaf_norms), resolved), 1)
-    return loss, grads, norms
+    return loss, grads, size * _group_norms(jax.tree.leaves(leaf_norms),
+                                            resolved)
 
   # The plain pass, redone with overflow-safe probes only if a block's mean
   # norm overflowed or is small enough that flushed subnormal terms could
   # matter (examples that underflow alone barely move a mean dominated by
   # the others).
   fast = one_pass(False)
+  mean = jnp.mean(fast[2], 1)
   leaves = jax.tree.leaves(params)
   terms = jnp.asarray([sum(leaves[i].size for i in g)
-                       for g in resolved.groups], fast[2].dtype)
-  bad = ~jnp.isfinite(fast[2]) | (
-      jnp.square(fast[2] / size) < numerics.underflow_threshold(
-          fast[2].dtype, terms))
-  loss, grads, norms = jax.lax.cond(jnp.any(bad), lambda: one_pass(True),
-                                    lambda: fast)
-  return loss, grads, blocks_lib.to_tree(resolved, list(norms), params)
+                       for g in resolved.groups], mean.dtype)
+  bad = ~jnp.isfinite(mean) | (
+      jnp.square(mean / size) < numerics.underflow_threshold(mean.dtype, terms))
+  return jax.lax.cond(jnp.any(bad), lambda: one_pass(True), lambda: fast)

@@ -8,6 +8,7 @@ import jax
 import optax
 
 from normopt._src.adaptive_nigt import AdaptiveNigtState
+from normopt._src.noise_scale import NoiseScaleState
 from normopt._src.normalize import NormalizeGlobalState, NormalizePerBlockState
 from normopt._src.trust import TrustRatioState
 
@@ -15,7 +16,7 @@ from normopt._src.trust import TrustRatioState
 TRUST_STATUS = ("scaled", "masked_out", "zero_weight_norm", "zero_denominator")
 
 _STATES = (NormalizeGlobalState, NormalizePerBlockState, TrustRatioState,
-           AdaptiveNigtState)
+           AdaptiveNigtState, NoiseScaleState)
 
 
 # optax.inject_hyperparams states (the stateful one is what it returns now).
@@ -45,7 +46,9 @@ def telemetry(opt_state: Any, *, learning_rate: Any = None) -> dict[str, Any]:
     rate is known; ``status`` codes index :data:`TRUST_STATUS`
     (scaled, masked out, zero weight norm, zero denominator), which says
     which leaves the link skipped and why;
-  * ``adaptive_nigt_k``: ``{"variance_sum"}``, the running :math:`G_t`.
+  * ``adaptive_nigt_k``: ``{"variance_sum"}``, the running :math:`G_t`;
+  * ``noise_scale_k``: ``{"simple"}``, the tracked :math:`B_\text{simple}`
+    (:func:`track_noise_scale`).
 
   Args:
     opt_state: the state of a normopt method or any chain holding normopt
@@ -93,4 +96,6 @@ def telemetry(opt_state: Any, *, learning_rate: Any = None) -> dict[str, Any]:
       add("trust_ratio", entry)
     elif isinstance(s, AdaptiveNigtState):
       add("adaptive_nigt", {"variance_sum": s.current_g})
+    elif isinstance(s, NoiseScaleState):
+      add("noise_scale", {"simple": s.trace / s.grad_sq})
   return out
