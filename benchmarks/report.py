@@ -43,12 +43,21 @@ def write_metrics(result: dict, workdir: Path) -> None:
     writer.writeheader()
     writer.writerows(result["history"])
   plt = _pyplot()
-  fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
-  epochs = [h["epoch"] for h in result["history"]]
-  a.plot(epochs, [h["train_loss"] for h in result["history"]])
-  a.set(xlabel="epoch", ylabel="train loss", yscale="log")
-  b.plot(epochs, [h["test_accuracy"] for h in result["history"]])
-  b.set(xlabel="epoch", ylabel="test accuracy")
+  history = result["history"]
+  noise = [h.get("telemetry", {}).get("noise_scale_0/simple")
+           for h in history]
+  panels = 3 if all(n is not None for n in noise) else 2
+  fig, axes = plt.subplots(1, panels, figsize=(4.5 * panels, 3.5))
+  epochs = [h["epoch"] for h in history]
+  axes[0].plot(epochs, [h["train_loss"] for h in history])
+  axes[0].set(xlabel="epoch", ylabel="train loss", yscale="log")
+  axes[1].plot(epochs, [h["test_accuracy"] for h in history])
+  axes[1].set(xlabel="epoch", ylabel="test accuracy")
+  if panels == 3:
+    axes[2].plot(epochs, noise, label="global")
+    axes[2].axhline(result["batch_size"], color="gray", ls="--", label="batch")
+    axes[2].set(xlabel="epoch", ylabel="noise scale B_simple", yscale="log")
+    axes[2].legend()
   fig.suptitle(f"{result['method']} batch {result['batch_size']} "
                f"lr {result['learning_rate']}")
   fig.tight_layout()

@@ -42,6 +42,7 @@ class Config:
   nu: float = 0.7  # QHM
   trust_coefficient: float = 0.001  # LARS / CLARS
   mask_all: bool = False  # LARS / CLARS: trust ratio on every leaf (mask=True)
+  noise_scale: bool = False  # track the gradient noise scale (logged per epoch)
   weight_decay: float = 1e-4
   schedule: str = "cosine"  # constant|cosine|polynomial|sqrt_decay|inverse_decay
   warmup_epochs: int = 0
@@ -149,6 +150,8 @@ def make_schedule(config: Config, plan: Plan) -> optax.Schedule:
 
 def make_optimizer(config: Config, plan: Plan):
   tx = build_optimizer(config.method, config, make_schedule(config, plan))
+  if config.noise_scale:
+    tx = optax.chain(normopt.track_noise_scale(0.95), tx)
   if plan.batch_schedule is None:
     return tx
   return optax.MultiSteps(tx, every_k_schedule=schedules.accumulation_steps(
@@ -164,6 +167,9 @@ def make_plan(config: Config, n: int) -> Plan:
   if config.batch_size > n:
     raise ValueError(f"batch_size {config.batch_size} exceeds the {n} "
                      "training examples")
+  if config.noise_scale and (config.micro_batch or config.method == "clars"):
+    raise ValueError("noise_scale works with a fixed batch and methods other "
+                     "than clars")
   if config.parallel not in ("none", "pmap", "mesh", "sharded"):
     raise ValueError(f"unknown parallel mode {config.parallel!r}; choose "
                      "none, pmap, mesh or sharded")
@@ -190,15 +196,18 @@ def make_plan(config: Config, n: int) -> Plan:
 
 
 def train_step(params, opt_state, batch, *, tx, loss_fn,
-               clars_norms: bool = False, probed: bool = False,
-               axis_name: str | None = None):
+               clars_norms: bool = False, noise_scale: bool = False,
+               probed: bool = False, axis_name: str | None = None):
   """One optimizer step on ``batch = (x, y)``.
 
   Loss and gradients (and, for CLARS, the per-example block norms, from the
   probes in the same backward pass when ``probed``) of the batch, averaged
   over the replicas of ``axis_name`` *before* the optimizer (normalizing
   per replica and then averaging would give another direction), then
-  ``tx.update`` and ``optax.apply_updates``.
+  ``tx.update`` and ``optax.apply_updates``. With ``noise_scale`` the
+  gradient comes from :func:`normopt.gradient_noise_scale` (same pass) and
+  its estimate goes to ``tx`` as ``noise_estimate`` (a
+  ``normopt.track_noise_scale`` link).
 
   Returns:
     ``(params, opt_state, loss)``.
@@ -211,6 +220,10 @@ def train_step(params, opt_state, batch, *, tx, loss_fn,
     loss, grads, norms = normopt.per_example_block_norms(
         lambda p, b, *pr: loss_fn(p, *b, *pr), params, batch, probed=probed)
     extra = {"per_example_norms": mean_over_replicas(norms)}
+  elif noise_scale:
+    loss, grads, estimate = normopt.gradient_noise_scale(
+        lambda p, b, *pr: loss_fn(p, *b, *pr), params, batch, probed=probed)
+    extra = {"noise_estimate": mean_over_replicas(estimate)}
   else:
     loss, grads = jax.value_and_grad(loss_fn)(params, *batch)
   loss, grads = mean_over_replicas((loss, grads))
@@ -301,7 +314,8 @@ def train_and_evaluate(config: Config, workdir: str | Path | None = None,
 
   step_fn = functools.partial(
       train_step, tx=tx, loss_fn=loss_fn, clars_norms=needs_norms,
-      probed=probed, axis_name="data" if pmap else None)
+      noise_scale=config.noise_scale, probed=probed,
+      axis_name="data" if pmap else None)
 
   def epoch_body(params, opt_state, order):  # order: (steps, local batch)
     def step(carry, idx):

@@ -83,6 +83,20 @@ def test_history_logs_telemetry_per_layer():
       logged["trust_ratio_0/status['hidden']['bias']"])] == "masked_out"
 
 
+def test_noise_scale_logged_per_epoch_globally_and_per_layer(tmp_path):
+  result = train.train_and_evaluate(train.Config(
+      dataset="digits", model="mlp", method="sngm", epochs=2, batch_size=64,
+      noise_scale=True), tmp_path)
+  for h in result["history"]:
+    logged = h["telemetry"]
+    assert np.isfinite(logged["noise_scale_0/simple"])
+    assert "noise_scale_0/block_simple['hidden']['kernel']" in logged
+  assert (tmp_path / "curves.png").exists()
+  with pytest.raises(ValueError, match="noise_scale"):
+    train.train_and_evaluate(train.Config(dataset="digits", model="mlp",
+                                          method="clars", noise_scale=True))
+
+
 def test_optimizers_built_by_name_and_keywords():
   config = train.Config(method="lars", beta=0.8, weight_decay=0.0,
                         trust_coefficient=0.5, mask_all=True)
@@ -276,7 +290,7 @@ def test_per_example_speed_smoke(tmp_path, capsys):
                           "--json", str(out)])
   assert "probed" in capsys.readouterr().out
   assert {r["path"] for r in json.loads(out.read_text())} == {
-      "grad", "exact", "exact_chunked", "probed"}
+      "grad", "exact", "exact_chunked", "probed", "noise_scale_probed"}
 
 
 def test_compile_time_smoke(tmp_path, capsys):

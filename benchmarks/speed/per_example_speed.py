@@ -50,6 +50,8 @@ def measure(batch: int, reps: int, chunk: int) -> list[dict]:
           loss_fn, p, b, chunk_size=min(chunk, batch))),
       "probed": jax.jit(lambda p, b: normopt.per_example_block_norms(
           loss_fn, p, b, probed=True)),
+      "noise_scale_probed": jax.jit(lambda p, b: normopt.gradient_noise_scale(
+          loss_fn, p, b, probed=True)),
   }
   med = interleaved_medians(
       {name: (lambda f=f: f(params, data)) for name, f in fns.items()}, reps)

@@ -129,20 +129,25 @@ def gradient_noise_scale(
 
 
 class NoiseScaleState(NamedTuple):
-  """State of :func:`track_noise_scale`: debiased moving averages.
+  """State of :func:`track_noise_scale`: moving averages.
 
   Attributes:
     count: number of estimates seen.
     trace: the moving average of :math:`\\operatorname{tr}(\\Sigma)`
-      (not debiased; divide by ``1 - decay^count``).
+      (not debiased: the factor ``1 - decay^count`` cancels in the ratio).
     grad_sq: the moving average of :math:`\\|G\\|^2`, likewise.
+    block_trace: ``trace`` per block (like the estimate's).
+    block_grad_sq: ``grad_sq`` per block.
   """
   count: jax.Array
   trace: jax.Array
   grad_sq: jax.Array
+  block_trace: Any
+  block_grad_sq: Any
 
 
-def track_noise_scale(decay: float = 0.95
+def track_noise_scale(decay: float = 0.95, *,
+                      blocks: blocks_lib.BlockSpec = None,
                       ) -> optax.GradientTransformationExtraArgs:
   r"""Tracks the noise scale across steps; passes the updates through.
 
@@ -150,9 +155,10 @@ def track_noise_scale(decay: float = 0.95
   :func:`gradient_noise_scale` (McCandlish et al. average numerator and
   denominator separately: the ratio of two noisy single-batch estimates is
   biased) and reports :math:`B_\text{simple}` as the ratio of their
-  averages, :func:`noise_scale_of` ``(state)``. Put it anywhere in a chain
-  and pass the step's estimate as the extra argument ``noise_estimate``;
-  steps without one leave the averages unchanged.
+  averages, :func:`noise_scale_of` ``(state)``, globally and per block
+  (:func:`telemetry` reports both). Put it anywhere in a chain and pass the
+  step's estimate as the extra argument ``noise_estimate``; steps without
+  one leave the averages unchanged.
 
   The averages are kept in float32 (float64 under x64): at gradient scales
   where :math:`\operatorname{tr}(\Sigma)` itself exceeds that range
@@ -161,6 +167,7 @@ def track_noise_scale(decay: float = 0.95
 
   Args:
     decay: the averages' decay in [0, 1).
+    blocks: the block specification the estimates were made with.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` that leaves the updates
@@ -186,21 +193,25 @@ def track_noise_scale(decay: float = 0.95
 
   def init_fn(params):
     dtype = numerics.norm_dtype(params)
+    zeros = blocks_lib.filled(blocks, params, 0.0, dtype)
     return NoiseScaleState(jnp.zeros((), jnp.int32), jnp.zeros((), dtype),
-                           jnp.zeros((), dtype))
+                           jnp.zeros((), dtype), zeros, zeros)
 
   def update_fn(updates, state, params=None, *, noise_estimate=None,
                 **extra_args):
     del params, extra_args
     if noise_estimate is None:
       return updates, state
-    dtype = state.trace.dtype
-    trace = decay * state.trace + (1 - decay) * noise_estimate.trace.astype(
-        dtype)
-    grad_sq = decay * state.grad_sq + (
-        1 - decay) * noise_estimate.grad_sq.astype(dtype)
-    return updates, NoiseScaleState(optax.safe_increment(state.count), trace,
-                                    grad_sq)
+    def average(old, new):
+      return jax.tree.map(
+          lambda o, n: decay * o + (1 - decay) * n.astype(o.dtype), old, new)
+
+    return updates, NoiseScaleState(
+        optax.safe_increment(state.count),
+        average(state.trace, noise_estimate.trace),
+        average(state.grad_sq, noise_estimate.grad_sq),
+        average(state.block_trace, noise_estimate.block_trace),
+        average(state.block_grad_sq, noise_estimate.block_grad_sq))
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 

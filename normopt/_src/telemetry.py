@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from normopt._src.adaptive_nigt import AdaptiveNigtState
@@ -47,7 +48,8 @@ def telemetry(opt_state: Any, *, learning_rate: Any = None) -> dict[str, Any]:
     (scaled, masked out, zero weight norm, zero denominator), which says
     which leaves the link skipped and why;
   * ``adaptive_nigt_k``: ``{"variance_sum"}``, the running :math:`G_t`;
-  * ``noise_scale_k``: ``{"simple"}``, the tracked :math:`B_\text{simple}`
+  * ``noise_scale_k``: ``{"simple", "block_simple"}``, the tracked
+    :math:`B_\text{simple}`, globally and per block
     (:func:`track_noise_scale`).
 
   Args:
@@ -97,5 +99,7 @@ def telemetry(opt_state: Any, *, learning_rate: Any = None) -> dict[str, Any]:
     elif isinstance(s, AdaptiveNigtState):
       add("adaptive_nigt", {"variance_sum": s.current_g})
     elif isinstance(s, NoiseScaleState):
-      add("noise_scale", {"simple": s.trace / s.grad_sq})
+      add("noise_scale", {"simple": s.trace / s.grad_sq,
+                          "block_simple": jax.tree.map(
+                              jnp.divide, s.block_trace, s.block_grad_sq)})
   return out
