@@ -74,6 +74,24 @@ def check_choice(name: str, value, choices) -> None:
                      f"got {value!r}")
 
 
+def find_states(tree, types) -> list:
+  """Every state of the given type(s) inside an optimizer state, in order
+  (nested chains, ``optax.masked``, ``MultiSteps``, ``inject_hyperparams``)."""
+  found = jax.tree.leaves(tree, is_leaf=lambda x: isinstance(x, types))
+  return [s for s in found if isinstance(s, types)]
+
+
+def find_one_state(tree, state_type, caller: str, link: str):
+  """The only ``state_type`` inside ``tree``; a ``ValueError`` naming
+  ``caller`` and the ``link`` that makes that state otherwise."""
+  found = find_states(tree, state_type)
+  if len(found) != 1:
+    raise ValueError(
+        f"{caller} needs an optimizer state holding exactly one "
+        f"{state_type.__name__} (from {link}); found {len(found)}")
+  return found[0]
+
+
 def evaluate(value: ScalarOrSchedule, count: jax.Array) -> jax.Array:
   """The value of a constant or a schedule (a callable of the step count)."""
   x = jnp.asarray(value(count) if callable(value) else value)

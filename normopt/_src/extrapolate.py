@@ -9,7 +9,12 @@ import jax.numpy as jnp
 import optax
 
 from normopt._src import numerics
-from normopt._src.base import ScalarOrSchedule, check_in_range, evaluate
+from normopt._src.base import (
+    ScalarOrSchedule,
+    check_in_range,
+    evaluate,
+    find_one_state,
+)
 
 
 class IgtExtrapolateState(NamedTuple):
@@ -108,17 +113,6 @@ def extrapolated_step(true_params, step, params, c):
   return jax.tree.map(move, true_params, step, params)
 
 
-def _find_igt_state(opt_state) -> IgtExtrapolateState:
-  found = [s for s in jax.tree.leaves(
-      opt_state, is_leaf=lambda s: isinstance(s, IgtExtrapolateState))
-           if isinstance(s, IgtExtrapolateState)]
-  if len(found) != 1:
-    raise ValueError(
-        "igt_true_params needs an optimizer state holding exactly one "
-        f"IgtExtrapolateState (from normopt.igt_extrapolate); found {len(found)}")
-  return found[0]
-
-
 def igt_true_params(params, opt_state):
   r"""The true iterate :math:`w_t` of an IGT chain (kept in its state).
 
@@ -145,6 +139,7 @@ def igt_true_params(params, opt_state):
   References:
     Cutkosky & Mehta, *Momentum Improves Normalized SGD*, 2020, Alg. 1.
   """
-  state = _find_igt_state(opt_state)
+  state = find_one_state(opt_state, IgtExtrapolateState, "igt_true_params",
+                         "normopt.igt_extrapolate")
   return jax.tree.map(lambda x, w: w.astype(x.dtype), params,
                       state.true_params)

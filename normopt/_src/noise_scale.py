@@ -11,7 +11,7 @@ import optax
 
 from normopt._src import blocks as blocks_lib
 from normopt._src import numerics, per_example
-from normopt._src.base import check_in_range
+from normopt._src.base import check_in_range, find_one_state
 
 
 class NoiseScaleEstimate(NamedTuple):
@@ -226,11 +226,7 @@ def noise_scale_of(opt_state: Any) -> jax.Array:
   Returns:
     The ratio of the averaged trace to the averaged squared gradient norm.
   """
-  found = [s for s in jax.tree.leaves(
-      opt_state, is_leaf=lambda s: isinstance(s, NoiseScaleState))
-           if isinstance(s, NoiseScaleState)]
-  if len(found) != 1:
-    raise ValueError("noise_scale_of needs a state holding exactly one "
-                     f"NoiseScaleState (track_noise_scale); found {len(found)}")
+  state = find_one_state(opt_state, NoiseScaleState, "noise_scale_of",
+                         "normopt.track_noise_scale")
   # The debiasing factors 1 - decay^count cancel in the ratio.
-  return found[0].trace / found[0].grad_sq
+  return state.trace / state.grad_sq

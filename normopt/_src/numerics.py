@@ -163,8 +163,7 @@ def block_norms(leaves, groups: Groups, axis_name=None) -> list[jax.Array]:
 
   def rescue():
     return jnp.where(jnp.stack(bad),
-                     _rescued_norms(leaves, groups, dtype, axis_name),
-                     jnp.sqrt(jnp.stack(sq)))
+                     _rescued_norms(leaves, groups, dtype, axis_name), fast())
 
   norms = jax.lax.cond(functools.reduce(jnp.logical_or, bad), rescue, fast)
   return [norms[k] for k in range(len(groups))]

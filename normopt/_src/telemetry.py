@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from normopt._src.adaptive_nigt import AdaptiveNigtState
+from normopt._src.base import find_states
 from normopt._src.noise_scale import NoiseScaleState
 from normopt._src.normalize import NormalizeGlobalState, NormalizePerBlockState
 from normopt._src.trust import TrustRatioState
@@ -24,11 +25,6 @@ _STATES = (NormalizeGlobalState, NormalizePerBlockState, TrustRatioState,
 _INJECTED = tuple(t for t in (
     optax.InjectHyperparamsState,
     getattr(optax, "InjectStatefulHyperparamsState", None)) if t is not None)
-
-
-def _find(tree, types) -> list:
-  found = jax.tree.leaves(tree, is_leaf=lambda x: isinstance(x, types))
-  return [s for s in found if isinstance(s, types)]
 
 
 def telemetry(opt_state: Any, *, learning_rate: Any = None) -> dict[str, Any]:
@@ -74,9 +70,9 @@ def telemetry(opt_state: Any, *, learning_rate: Any = None) -> dict[str, Any]:
     0.5
   """
   if learning_rate is None:
-    for s in _find(opt_state, _INJECTED):
+    for s in find_states(opt_state, _INJECTED):
       learning_rate = s.hyperparams.get("learning_rate", learning_rate)
-  states = _find(opt_state, _STATES)
+  states = find_states(opt_state, _STATES)
   out: dict[str, Any] = {}
   seen: dict[str, int] = {}
 
