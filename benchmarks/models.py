@@ -65,15 +65,19 @@ class Conv1D(nnx.Module):
 
 
 class CNN1D(nnx.Module):
-  """3 strided conv layers of 32 channels + dense 128 + dense classes."""
-
-  supports_probes = True
+  """3 strided conv layers of 32 channels + dense 128 + dense classes; with
+  ``norm``, a LayerNorm after each convolution (a model with normalization
+  layers at the same cost; CLARS then takes the exact per-example path, as
+  the probes cover dense and conv layers only)."""
 
   def __init__(self, length: int, num_classes: int, *, rngs: nnx.Rngs,
-               channels: int = 32):
+               channels: int = 32, norm: bool = False):
     self.convs = nnx.List([Conv1D(1, channels, 5, 2, rngs=rngs),
                            Conv1D(channels, channels, 5, 2, rngs=rngs),
                            Conv1D(channels, channels, 5, 2, rngs=rngs)])
+    self.norms = nnx.List([nnx.LayerNorm(channels, rngs=rngs)
+                           for _ in range(3)]) if norm else None
+    self.supports_probes = not norm
     for _ in range(3):
       length = (length + 2 * 2 - 5) // 2 + 1
     self.dense = nnx.Linear(length * channels, 128, rngs=rngs)
@@ -81,7 +85,8 @@ class CNN1D(nnx.Module):
 
   def __call__(self, x, probes=None):
     for i, conv in enumerate(self.convs):
-      x = jax.nn.relu(conv(x, _sub(probes, "convs", i)))
+      x = conv(x, _sub(probes, "convs", i))
+      x = jax.nn.relu(x if self.norms is None else self.norms[i](x))
     x = jax.nn.relu(_linear(self.dense, x.reshape(x.shape[0], -1),
                             _sub(probes, "dense")))
     return _linear(self.out, x, _sub(probes, "out"))
@@ -136,8 +141,14 @@ def make(name: str, input_shape: tuple[int, ...], num_classes: int,
     if len(input_shape) != 2:
       raise ValueError(f"cnn1d needs (length, channels) inputs, got {input_shape}")
     return CNN1D(input_shape[0], num_classes, rngs=rngs)
+  if name == "cnn1d_ln":
+    if len(input_shape) != 2:
+      raise ValueError(f"cnn1d_ln needs (length, channels) inputs, got "
+                       f"{input_shape}")
+    return CNN1D(input_shape[0], num_classes, rngs=rngs, norm=True)
   if name == "resnet20":
     if len(input_shape) != 3:
       raise ValueError(f"resnet20 needs (H, W, C) images, got {input_shape}")
     return ResNet20(num_classes, rngs=rngs, in_channels=input_shape[-1])
-  raise ValueError(f"unknown model {name!r}; choose mlp, cnn1d, resnet20")
+  raise ValueError(f"unknown model {name!r}; choose mlp, cnn1d, cnn1d_ln, "
+                   "resnet20")

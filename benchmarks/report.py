@@ -9,6 +9,8 @@ from pathlib import Path
 
 import jax
 
+from benchmarks import sweep
+
 
 def _pyplot():
   import matplotlib
@@ -65,74 +67,58 @@ def write_metrics(result: dict, workdir: Path) -> None:
   plt.close(fig)
 
 
-def best_per_method(records) -> dict:
-  """(method, batch) -> (mean accuracy, learning rate, mean seconds) of the
-  learning rate with the best mean test accuracy over seeds."""
-  by_key: dict = {}
-  for r in records:
-    by_key.setdefault((r["method"], r["batch_size"], r["learning_rate"]),
-                      []).append(r)
-  best: dict = {}
-  for (method, batch, lr), runs in by_key.items():
-    mean = sum(r["test_accuracy"] for r in runs) / len(runs)
-    secs = sum(r["seconds"] for r in runs) / len(runs)
-    if (method, batch) not in best or mean > best[(method, batch)][0]:
-      best[(method, batch)] = (mean, lr, secs)
-  return best
-
-
-def accuracy_table(records) -> str:
-  best = best_per_method(records)
-  batches = sorted({b for _, b in best})
-  methods = list(dict.fromkeys(m for m, _ in best))
-  lines = ["| method | " + " | ".join(f"batch {b}" for b in batches) + " |",
-           "|---" * (len(batches) + 1) + "|"]
-  for m in methods:
-    cells = []
-    for b in batches:
-      acc, lr, secs = best[(m, b)]
-      cells.append(f"{100 * acc:.2f}% (lr {lr:g}, {secs:.0f}s)")
-    lines.append(f"| {m} | " + " | ".join(cells) + " |")
-  return "\n".join(lines)
-
-
-def plot_accuracy_vs_batch(records, path: Path) -> None:
+def plot_study(summaries, path: Path, title: str = "MNIST-1D") -> None:
+  """Two panels from ``benchmarks.sweep`` summaries: test accuracy (seed mean
+  ± std at the tuned learning rate) against batch size for each method's
+  best variant, and, at the largest batch, the seed-mean validation
+  accuracy of every variant over the whole grid it was tuned on (how
+  sensitive each is to its learning rate)."""
   plt = _pyplot()
-  best = best_per_method(records)
-  fig, ax = plt.subplots(figsize=(5, 3.5))
-  for method in dict.fromkeys(m for m, _ in best):
-    batches = sorted(b for m, b in best if m == method)
-    ax.plot(batches, [100 * best[(method, b)][0] for b in batches], "o-",
-            label=method)
-  ax.set(xscale="log", xlabel="batch size", ylabel="test accuracy (%)",
-         title="MNIST-1D, equal epochs, best lr of grid")
-  ax.legend()
+  fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8))
+  best = sweep.best_variants(summaries)
+  for method in dict.fromkeys(s["method"] for s in best):
+    rows = sorted((s for s in best if s["method"] == method),
+                  key=lambda s: s["batch_size"])
+    a.errorbar([s["batch_size"] for s in rows],
+               [100 * s["mean"] for s in rows],
+               yerr=[100 * s["std"] for s in rows], fmt="o-", capsize=3,
+               label=method)
+  a.set(xscale="log", xlabel="batch size", ylabel="test accuracy (%)",
+        title=f"{title}: tuned learning rate, mean ± std")
+  a.legend()
+  largest = max(s["batch_size"] for s in summaries)
+  for s in summaries:
+    if s["batch_size"] != largest:
+      continue
+    by_lr: dict = {}
+    for r in s["runs"]:
+      by_lr.setdefault(r["learning_rate"], []).append(r)
+    lrs = sorted(by_lr)
+    b.plot(lrs, [100 * sweep.seed_mean(by_lr[lr]) for lr in lrs], "o-",
+           label=s["label"])
+  b.set(xscale="log", xlabel="peak learning rate",
+        ylabel="validation accuracy (%)",
+        title=f"every grid point at batch {largest}")
+  b.legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
 
 
-def settings_table(records) -> str:
-  lines = ["| setting | test accuracy | final train loss | seconds |",
-           "|---|---|---|---|"]
-  for r in records:
-    lines.append(f"| {r['setting']} | {100 * r['test_accuracy']:.2f}% | "
-                 f"{r['final_train_loss']:.4f} | {r['seconds']:.0f} |")
-  return "\n".join(lines)
-
-
-def plot_curves(records, path: Path, title: str) -> None:
-  """Training loss and test accuracy per epoch, one line per setting."""
+def plot_curves(summaries, path: Path, title: str) -> None:
+  """Training loss per epoch at each summary's chosen learning rate (every
+  seed, one colour per row of the table)."""
   plt = _pyplot()
-  fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
-  for r in records:
-    epochs = [h["epoch"] for h in r["history"]]
-    a.plot(epochs, [h["train_loss"] for h in r["history"]], label=r["setting"])
-    b.plot(epochs, [100 * h["test_accuracy"] for h in r["history"]])
-  a.set(xlabel="epoch", ylabel="train loss", yscale="log")
-  b.set(xlabel="epoch", ylabel="test accuracy (%)")
-  a.legend(fontsize=7)
-  fig.suptitle(title)
+  fig, ax = plt.subplots(figsize=(6, 3.8))
+  for i, s in enumerate(summaries):
+    runs = [r for r in s["runs"] if r["learning_rate"] == s["learning_rate"]]
+    for j, r in enumerate(runs):
+      ax.plot([h["epoch"] for h in r["history"]],
+              [h["train_loss"] for h in r["history"]], color=f"C{i % 10}",
+              alpha=0.8, label=None if j else
+              f"{s['label']} b={s['batch_size']} lr {s['learning_rate']:g}")
+  ax.set(xlabel="epoch", ylabel="train loss", yscale="log", title=title)
+  ax.legend(fontsize=6)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)

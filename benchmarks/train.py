@@ -50,6 +50,9 @@ class Config:
   epochs: int = 20
   seed: int = 0
   train_subset: int | None = None  # use only the first N training examples
+  # hold out the last N training examples: hyperparameters are selected on
+  # their accuracy (validation_accuracy), never on the test set's
+  validation: int = 0
   # none | pmap | mesh (data parallel, all devices) | sharded (mesh, with
   # params and optimizer state sharded across the devices, FSDP-style)
   parallel: str = "none"
@@ -148,8 +151,15 @@ def make_schedule(config: Config, plan: Plan) -> optax.Schedule:
       [optax.linear_schedule(0.0, lr, warmup), main], [warmup])
 
 
-def make_optimizer(config: Config, plan: Plan):
-  tx = build_optimizer(config.method, config, make_schedule(config, plan))
+def make_optimizer(config: Config, plan: Plan, learning_rate=None):
+  """The configured optimizer; ``learning_rate`` (a number or a traced value,
+  as in :func:`train_population`) replaces ``config.learning_rate`` as the
+  peak of the schedule."""
+  schedule = make_schedule(config, plan)
+  if learning_rate is not None:
+    unit = make_schedule(dataclasses.replace(config, learning_rate=1.0), plan)
+    schedule = lambda count: learning_rate * unit(count)  # noqa: E731
+  tx = build_optimizer(config.method, config, schedule)
   if config.noise_scale:
     tx = optax.chain(normopt.track_noise_scale(0.95), tx)
   if plan.batch_schedule is None:
@@ -231,16 +241,20 @@ def train_step(params, opt_state, batch, *, tx, loss_fn,
   return optax.apply_updates(params, updates), opt_state, loss
 
 
+def accuracy(params, opt_state, examples, *, apply_fn, igt: bool = False):
+  """Accuracy on ``examples = (x, y)``; NIGT is evaluated at its true
+  iterate."""
+  if igt:
+    params = normopt.igt_true_params(params, opt_state)
+  return jnp.mean(jnp.argmax(apply_fn(params, examples[0]), -1) == examples[1])
+
+
 def eval_step(params, opt_state, *, apply_fn, loss_fn, test, probe,
               igt: bool = False):
   """Test accuracy, and the training-loss gradient norm on the ``probe``
-  examples (the quantity the QHM paper tracks); NIGT is evaluated at its
-  true iterate."""
-  if igt:
-    params = normopt.igt_true_params(params, opt_state)
-  logits = apply_fn(params, test[0])
+  examples (the quantity the QHM paper tracks)."""
   grads = jax.grad(loss_fn)(params, *probe)
-  return (jnp.mean(jnp.argmax(logits, -1) == test[1]),
+  return (accuracy(params, opt_state, test, apply_fn=apply_fn, igt=igt),
           optax.tree.norm(grads))
 
 
@@ -251,6 +265,26 @@ def _fsdp_sharding(mesh, shape) -> NamedSharding:
     if size % n == 0:
       return NamedSharding(mesh, PartitionSpec(*[None] * axis, "data"))
   return NamedSharding(mesh, PartitionSpec())
+
+
+def load_data(config: Config):
+  """``(dataset, validation)``: the configured data set (its training part
+  cut to ``train_subset``), and the last ``config.validation`` training
+  examples as an ``(x, y)`` pair held out of training (``None`` if 0)."""
+  dataset = data_lib.load(config.dataset, config.data_dir, config.num_samples)
+  if config.train_subset is not None:
+    k = config.train_subset
+    dataset = dataset._replace(x_train=dataset.x_train[:k],
+                               y_train=dataset.y_train[:k])
+  k = config.validation
+  if k == 0:
+    return dataset, None
+  if not 0 < k < len(dataset.y_train):
+    raise ValueError(f"validation={k} must be in [0, {len(dataset.y_train)})")
+  held_out = (jnp.asarray(dataset.x_train[-k:]),
+              jnp.asarray(dataset.y_train[-k:]))
+  return dataset._replace(x_train=dataset.x_train[:-k],
+                          y_train=dataset.y_train[:-k]), held_out
 
 
 def train_and_evaluate(config: Config, workdir: str | Path | None = None,
@@ -268,11 +302,7 @@ def train_and_evaluate(config: Config, workdir: str | Path | None = None,
   first axis the device count divides), so each device stores a slice and
   GSPMD turns the optimizer's norms into cross-device reductions.
   """
-  dataset = data_lib.load(config.dataset, config.data_dir, config.num_samples)
-  if config.train_subset is not None:
-    k = config.train_subset
-    dataset = dataset._replace(x_train=dataset.x_train[:k],
-                               y_train=dataset.y_train[:k])
+  dataset, validation = load_data(config)
   plan = make_plan(config, len(dataset.y_train))
   steps = plan.steps
   model = models.make(config.model, dataset.x_train.shape[1:],
@@ -341,8 +371,11 @@ def train_and_evaluate(config: Config, workdir: str | Path | None = None,
       return body(params, opt_state, order[:, 0])
     return body(params, opt_state, order.transpose(1, 0, 2))
 
+  def apply_fn(params, x):
+    return nnx.merge(graphdef, params)(x)
+
   evaluate = jax.jit(functools.partial(
-      eval_step, apply_fn=lambda p, x: nnx.merge(graphdef, p)(x),
+      eval_step, apply_fn=apply_fn,
       loss_fn=loss_fn, test=(x_test, y_test),
       probe=(x_train[:4096], y_train[:4096]), igt=is_igt))
 
@@ -384,14 +417,14 @@ def train_and_evaluate(config: Config, workdir: str | Path | None = None,
     params, opt_state, loss = run_epoch(params, opt_state, sub)
     if pmap:
       loss = loss[0]
-    accuracy, grad_norm = map(float, evaluate(
+    test_accuracy, grad_norm = map(float, evaluate(
         *_first_replica(pmap, (params, opt_state))))
     history.append({"epoch": epoch + 1, "train_loss": float(loss),
-                    "test_accuracy": accuracy, "grad_norm": grad_norm,
+                    "test_accuracy": test_accuracy, "grad_norm": grad_norm,
                     "telemetry": telemetry_record(
                         _first_replica(pmap, opt_state))})
     if bar is not None:
-      bar.set_postfix(loss=f"{float(loss):.3f}", acc=f"{accuracy:.4f}")
+      bar.set_postfix(loss=f"{float(loss):.3f}", acc=f"{test_accuracy:.4f}")
     if manager is not None:
       manager.save(epoch + 1, args=ocp.args.Composite(
           state=ocp.args.StandardSave(
@@ -408,12 +441,123 @@ def train_and_evaluate(config: Config, workdir: str | Path | None = None,
             "final_train_loss": history[-1]["train_loss"],
             "seconds": seconds, "passes_per_epoch": steps,
             "history": history}
-  if not np.isfinite(result["final_train_loss"]):
-    result["test_accuracy"] = min(result["test_accuracy"], 0.1)
+  if validation is not None:
+    result["validation_accuracy"] = float(jax.jit(functools.partial(
+        accuracy, apply_fn=apply_fn))(params, None, validation))
+  _count_divergence_as_chance(result)
   if workdir is not None:
     report.write_metrics(result, Path(workdir))
   result["params"] = params  # the trained (true, for NIGT) params; not saved
   return result
+
+
+def _count_divergence_as_chance(result: dict) -> None:
+  """A run whose training loss went non-finite scores at most chance (0.1):
+  its argmax over NaN logits would otherwise pick a class by accident."""
+  if not np.isfinite(result["final_train_loss"]):
+    for key in ("test_accuracy", "validation_accuracy"):
+      if key in result:
+        result[key] = min(result[key], 0.1)
+
+
+def train_population(config: Config, learning_rates, seeds,
+                     progress: bool = False) -> list[dict]:
+  """Trains one copy of ``config`` per (learning rate, seed) pair at once.
+
+  Every copy has its own initialization and data order (from its seed) and
+  its own optimizer, whose schedule peaks at its learning rate; they run
+  together as one compiled program, ``jax.vmap``-ed over the copies (one
+  compile for a whole grid, and the small per-copy matmuls batched). Copies
+  that share a seed see the same data order. Single device; a growing
+  batch (``micro_batch``) works as in :func:`train_and_evaluate`.
+
+  Returns:
+    One record per copy (learning rates outer, seeds inner), like
+    :func:`train_and_evaluate`'s result without params, telemetry and
+    per-epoch test accuracy (the history holds the training loss).
+  """
+  if config.parallel != "none" or config.noise_scale:
+    raise ValueError("train_population trains on one device without "
+                     "noise-scale tracking")
+  dataset, validation = load_data(config)
+  plan = make_plan(config, len(dataset.y_train))
+  members = [(float(lr), int(seed)) for lr in learning_rates for seed in seeds]
+  if not members:
+    raise ValueError("need at least one learning rate and one seed")
+  if min(lr for lr, _ in members) <= 0:
+    raise ValueError(f"learning rates must be > 0, got {list(learning_rates)}")
+  shapes = (dataset.x_train.shape[1:], dataset.num_classes)
+  graphdef, _ = nnx.split(models.make(config.model, *shapes, 0))
+  params = jax.tree.map(lambda *xs: jnp.stack(xs), *[
+      nnx.split(models.make(config.model, *shapes, seed))[1]
+      for _, seed in members])
+  peaks = jnp.asarray([lr for lr, _ in members], jnp.float32)
+  keys = jnp.stack([jax.random.PRNGKey(seed) for _, seed in members])
+  probed = getattr(models.make(config.model, *shapes, 0), "supports_probes",
+                   False)
+
+  def loss_fn(params, x, y, probes=None):
+    model = nnx.merge(graphdef, params)
+    logits = model(x, probes) if probes is not None else model(x)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+  def apply_fn(params, x):
+    return nnx.merge(graphdef, params)(x)
+
+  x_train, y_train = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
+  test = (jnp.asarray(dataset.x_test), jnp.asarray(dataset.y_test))
+  steps, batch = plan.steps, plan.pass_batch
+  is_igt = config.method == "nigt"
+
+  def epoch(params, opt_state, key, peak):
+    step_fn = functools.partial(
+        train_step, tx=make_optimizer(config, plan, peak), loss_fn=loss_fn,
+        clars_norms=config.method == "clars", probed=probed)
+    order = jax.random.permutation(key, len(y_train))[:steps * batch]
+
+    def step(carry, idx):
+      params, opt_state, loss = step_fn(*carry, (x_train[idx], y_train[idx]))
+      return (params, opt_state), loss
+
+    (params, opt_state), losses = jax.lax.scan(
+        step, (params, opt_state), order.reshape(steps, batch))
+    return params, opt_state, jnp.mean(losses)
+
+  def evaluate(params, opt_state):
+    held_out = {"test_accuracy": test} | (
+        {} if validation is None else {"validation_accuracy": validation})
+    return {name: accuracy(params, opt_state, examples, apply_fn=apply_fn,
+                           igt=is_igt)
+            for name, examples in held_out.items()}
+
+  run_epoch = jax.jit(jax.vmap(epoch))
+  opt_state = jax.jit(jax.vmap(
+      lambda p, peak: make_optimizer(config, plan, peak).init(p)))(
+          params, peaks)
+  start = time.perf_counter()
+  losses = []
+  epochs = range(config.epochs)
+  if progress:
+    from tqdm import tqdm
+    epochs = tqdm(epochs, desc=f"{config.method} b={batch} x{len(members)}",
+                  leave=False)
+  for _ in epochs:
+    keys, subkeys = jnp.unstack(jax.vmap(jax.random.split)(keys), axis=1)
+    params, opt_state, loss = run_epoch(params, opt_state, subkeys, peaks)
+    losses.append(np.asarray(loss))
+  scores = jax.device_get(jax.jit(jax.vmap(evaluate))(params, opt_state))
+  seconds = time.perf_counter() - start
+  records = []
+  for i, (lr, seed) in enumerate(members):
+    record = {**dataclasses.asdict(config), "learning_rate": lr, "seed": seed,
+              **{name: float(value[i]) for name, value in scores.items()},
+              "final_train_loss": float(losses[-1][i]),
+              "seconds": seconds / len(members), "passes_per_epoch": steps,
+              "history": [{"epoch": e + 1, "train_loss": float(loss[i])}
+                          for e, loss in enumerate(losses)]}
+    _count_divergence_as_chance(record)
+    records.append(record)
+  return records
 
 
 def telemetry_record(opt_state) -> dict[str, float]:

@@ -254,3 +254,82 @@ def noise_scale(example_grads):
   grad_sq = (b * g2 - s) / (b - 1)
   trace = b * (s - g2) / (b - 1)
   return trace / grad_sq, trace, grad_sq
+
+
+# --- steepest descent under other norms (Scion paper, Table 1) -----------------
+
+NS_COEFFS = (3.4445, -4.7750, 2.0315)
+
+
+def newton_schulz(g, steps=5, coeffs=NS_COEFFS):
+  """Jordan et al.'s quintic iteration on a (d_out, d_in) matrix, started
+  from g / ‖g‖_F, worked on the wide orientation."""
+  a, b, c = coeffs
+  n = np.linalg.norm(g)
+  x = g / n if n > 0 else np.zeros_like(g)
+  flip = x.shape[0] > x.shape[1]
+  if flip:
+    x = x.T
+  for _ in range(steps):
+    gram = x @ x.T
+    x = a * x + (b * gram + c * gram @ gram) @ x
+  return x.T if flip else x
+
+
+def lmo_direction(name, x):
+  """argmax_{‖Δ‖ ≤ 1} <x, Δ> of one array (matrix norms on the
+  (prod(shape[:-1]), shape[-1]) view) and the dual norm <x, Δ>."""
+  x = np.asarray(x, np.float64)
+  if name == "sign":
+    d = np.sign(x)
+  elif name == "rms":
+    n = np.linalg.norm(x)
+    d = x * np.sqrt(x.size) / n if n > 0 else np.zeros_like(x)
+  else:
+    m = x.reshape(-1, x.shape[-1])
+    if name == "spectral":
+      u, s, vt = np.linalg.svd(m, full_matrices=False)
+      d = (u[:, s > 1e-12 * s.max()] @ vt[s > 1e-12 * s.max()]
+           if s.max() > 0 else np.zeros_like(m))
+    else:
+      axis = 0 if name == "col" else 1
+      n = np.linalg.norm(m, axis=axis, keepdims=True)
+      d = m / np.where(n > 0, n, 1)
+    d = d.reshape(x.shape)
+  return d, float(np.sum(x * d))
+
+
+def _torch_matrix(w):
+  """A Flax kernel (..., in, out) as PyTorch's (out, in·...) matrix: dense
+  (in, out) -> (out, in); conv (kh, kw, in, out) -> (out, in, kh, kw) ->
+  (out, in·kh·kw)."""
+  if w.ndim == 2:
+    return w.T
+  return np.moveaxis(w, (-1, -2), (0, 1)).reshape(w.shape[-1], -1)
+
+
+def _from_torch_matrix(m, shape):
+  if len(shape) == 2:
+    return m.T
+  out, cin = shape[-1], shape[-2]
+  return np.moveaxis(m.reshape(out, cin, *shape[:-2]), (0, 1), (-1, -2))
+
+
+def muon(grad, w, steps, lr, beta, wd, nesterov=True, ns_steps=5):
+  """Jordan et al.'s Muon (KellerJordan/Muon, muon.py), in PyTorch layout:
+  m <- lerp(m, g, 1 - beta); u = lerp(g, m, beta) (Nesterov) or m;
+  O = NS5(u) * sqrt(max(1, rows / cols)); W <- W (1 - lr wd) - lr O."""
+  m = [np.zeros_like(x) for x in w]
+  for t in range(steps):
+    g = grad(w, t)
+    m = [beta * mi + (1 - beta) * gi for mi, gi in zip(m, g)]
+    u = [(1 - beta) * gi + beta * mi for gi, mi in zip(g, m)] if nesterov \
+        else m
+    new = []
+    for wi, ui in zip(w, u):
+      mat = _torch_matrix(ui)
+      o = newton_schulz(mat, ns_steps)
+      o = o * np.sqrt(max(1.0, mat.shape[0] / mat.shape[1]))
+      new.append(wi * (1 - lr * wd) - lr * _from_torch_matrix(o, wi.shape))
+    w = new
+  return w

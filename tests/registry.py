@@ -26,6 +26,8 @@ ALIASES = {
     "qhm": (normopt.qhm, dict(learning_rate=0.5, beta=0.9, nu=0.7)),
     "nshb": (normopt.nshb, dict(learning_rate=0.5, beta=0.9)),
     "snag": (normopt.snag, dict(learning_rate=0.5, beta=0.9)),
+    "signum": (normopt.signum, dict(learning_rate=0.01, beta=0.9)),
+    "muon": (normopt.muon, dict(learning_rate=0.05, beta=0.95)),
 }
 
 

@@ -17,7 +17,10 @@ NAMES = sorted(registry.ALIASES)
 DTYPES = ["float32", "bfloat16", "float16"]
 # Methods whose step is invariant to the gradient's scale.
 SCALE_FREE = {"sngm", "sngd", "block_sngm", "normalized_sgdm", "nigt", "lars",
-              "clars"}
+              "clars", "signum", "muon"}
+# Methods whose bias goes through an unnormalized step (LARS's mask, Muon's
+# Adam): only their matrix "w" is scale-free.
+MATRIX_ONLY = ("lars", "clars", "muon")
 
 EXPECTED = {
     "zero_grad": "finite; the step is exactly zero",
@@ -221,10 +224,17 @@ def _scaled_step(name, params, base, scale, how):
   return out, held
 
 
+# Muon keeps its EMA momentum (before the orthogonalization) in the leaf
+# dtype, as the reference does: in float16 at 1e-4 it is subnormal, and a
+# bfloat16 rounding of it moves the Newton-Schulz output by a few percent.
+# Its scale-freedom is checked in float32 (where it holds to 1e-5).
+_SCALE_CASES = [(n, d) for n in sorted(SCALE_FREE) for d in DTYPES
+                if n != "muon" or d == "float32"]
+
+
 @pytest.mark.parametrize("how", HOW)
 @pytest.mark.parametrize("kind", ["tiny", "huge"])
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("name", sorted(SCALE_FREE))
+@pytest.mark.parametrize("name,dtype", _SCALE_CASES)
 def test_scale_free_whatever_the_compiler_sees(name, dtype, kind, how):
   """1e±30 (float16: 1e-4 and squares beyond its range) gives the unit-scale
   step whether the gradient is a jit argument, a constant XLA can fold, or
@@ -232,11 +242,11 @@ def test_scale_free_whatever_the_compiler_sees(name, dtype, kind, how):
   params, base = _tree(dtype, 0), _tree(dtype, 1)
   scale = SCALES[dtype][kind]
   updates, held = _scaled_step(name, params, base, scale, how)
-  keys = "w" if name in ("lars", "clars") else "wb"
+  keys = "w" if name in MATRIX_ONLY else "wb"
   _assert_dtypes(updates, params)
   _assert_unit_scale_step(name, dtype, params, held, scale, updates, keys)
 
 
 def test_matrix_size():
   """The README reports this count."""
-  assert len(NAMES) * len(DTYPES) * len(INPUTS) == 432
+  assert len(NAMES) * len(DTYPES) * len(INPUTS) == 504

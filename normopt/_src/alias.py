@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import optax
 
-from normopt._src import numerics
+from normopt._src import lmo, numerics
 from normopt._src.base import (
   ScalarOrSchedule,
   check_in_range,
@@ -603,3 +604,204 @@ def lamb(learning_rate: ScalarOrSchedule, *, b1: float = 0.9,
                   axis_name=axis_name),
       optax.scale_by_learning_rate(learning_rate),
   )
+
+
+def signum(learning_rate: ScalarOrSchedule, *,
+           beta: ScalarOrSchedule = 0.9,
+           axis_name: str | None = None) -> optax.GradientTransformation:
+  r"""Signum: the sign of an exponential moving average of the gradients.
+
+  .. math::
+    m_{t+1} = \beta m_t + (1-\beta) g_t, \qquad
+    w_{t+1} = w_t - \eta\, \mathrm{sign}(m_{t+1}),
+
+  steepest descent under the ℓ∞ norm (``normalize_per_block(norm="sign")``)
+  applied to EMA momentum. Equals ``optax.signum(learning_rate, beta)``.
+
+  Args:
+    learning_rate: η, a constant or an optax schedule.
+    beta: EMA coefficient β in [0, 1), or a schedule.
+    axis_name: mapped axis over which the leaves are shards (only the
+      diagnostic ℓ1 norms in the state are summed over it).
+
+  Returns:
+    An ``optax.GradientTransformation``.
+
+  Example:
+    >>> import jax.numpy as jnp, normopt
+    >>> tx = normopt.signum(0.1)
+    >>> params = {'w': jnp.array([1., -2.])}
+    >>> u, _ = tx.update({'w': jnp.array([3., -1e-9])}, tx.init(params))
+    >>> u['w']
+    Array([-0.1,  0.1], dtype=float32)
+
+  References:
+    Bernstein, Wang, Azizzadenesheli, Anandkumar, *signSGD: Compressed
+    Optimisation for Non-Convex Problems*, ICML 2018, Alg. 3;
+    Pethick et al., *Training Deep Learning Models with Norm-Constrained
+    LMOs*, ICML 2025, Table 1.
+  """
+  check_non_negative("learning_rate", learning_rate)
+  check_in_range("beta", beta, 0.0, 1.0, high_inclusive=False)
+  return optax.chain(
+      heavy_ball(beta, ema=True),
+      normalize_per_block(norm="sign", axis_name=axis_name),
+      optax.scale_by_learning_rate(learning_rate),
+  )
+
+
+def hidden_matrices(params):
+  """The default Muon mask: True for leaves with two or more dimensions.
+
+  Dense and conv kernels are orthogonalized; biases, scales and other
+  vectors go to Muon's other transformation. Embedding tables and the
+  output head are matrices too, which the reference sends to Adam: pass
+  your own mask for them.
+
+  Args:
+    params: the params (any pytree of arrays).
+
+  Returns:
+    A tree like ``params`` of Python bools.
+
+  Example:
+    >>> import jax.numpy as jnp, normopt
+    >>> normopt.hidden_matrices({'w': jnp.ones((3, 2)), 'b': jnp.ones(2)})
+    {'b': False, 'w': True}
+
+  References:
+    Jordan et al., *Muon: An optimizer for hidden layers in neural
+    networks*, 2024.
+  """
+  return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
+
+
+def _in_float32(inner: optax.GradientTransformation
+                ) -> optax.GradientTransformation:
+  """``inner`` run on float32 (or wider) copies of the updates and params,
+  its output cast back to each leaf's dtype (Adam's ``eps`` and squares
+  underflow in float16)."""
+  def up_one(x):
+    dtype = numerics.accumulation_dtype(x.dtype)
+    if isinstance(x, jax.ShapeDtypeStruct):  # abstract init
+      return jax.ShapeDtypeStruct(x.shape, dtype, sharding=x.sharding)
+    return jnp.asarray(x).astype(dtype)
+
+  def up(tree):
+    return jax.tree.map(up_one, tree)
+
+  def init_fn(params):
+    return inner.init(up(params))
+
+  def update_fn(updates, state, params=None):
+    out, state = inner.update(up(updates), state,
+                              None if params is None else up(params))
+    return jax.tree.map(lambda o, u: o.astype(u.dtype), out, updates), state
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _scale_by_shape_factor() -> optax.GradientTransformation:
+  """Each leaf times Muon's ``sqrt(max(1, d_out / d_in))``."""
+  return optax.stateless_with_tree_map(
+      lambda u, _: u * jnp.asarray(lmo.shape_factor(u), u.dtype))
+
+
+def muon(learning_rate: ScalarOrSchedule, *, beta: float = 0.95,
+         nesterov: bool = True, weight_decay: float = 0.0,
+         ns_steps: int = 5,
+         ns_coeffs: tuple[float, float, float] = lmo.NS_COEFFS,
+         eps: float = 0.0, mask: Mask = None,
+         other: optax.GradientTransformation | None = None,
+         axis_name: str | None = None) -> optax.GradientTransformation:
+  r"""Muon: momentum orthogonalized by Newton-Schulz, on hidden matrices.
+
+  For each matrix leaf ``W`` (Flax layout ``(d_in, d_out)``; a conv kernel
+  ``(kh, kw, in, out)`` viewed as ``(kh·kw·in, out)``):
+
+  .. math::
+    m_{t+1} = \beta m_t + (1-\beta) g_t, \quad
+    u = (1-\beta) g_t + \beta m_{t+1}\ \text{(Nesterov; else } u = m_{t+1}),
+
+    W \leftarrow (1 - \eta\lambda) W - \eta \sqrt{\max(1, d_{out}/d_{in})}\,
+    \mathrm{NS}(u),
+
+  with ``NS`` the quintic Newton-Schulz iteration started from
+  ``u / ‖u‖_F`` (``normalize_per_block(norm="spectral")``: exact at any
+  gradient scale, computed in float32 or wider). Leaves outside ``mask`` go
+  through ``other``.
+
+  Differences from ``optax.contrib.muon``: the momentum is not
+  bias-corrected (Jordan et al.'s reference does not; optax's is, so the two
+  differ in early steps), the pre-scale divides by the exact Frobenius norm
+  (optax adds ``eps = 1e-8``, which changes the update at small gradient
+  scales and zeroes it at large ones), and conv kernels are orthogonalized
+  by default (optax sends leaves with more than two dimensions to Adam).
+
+  Args:
+    learning_rate: η, a constant or an optax schedule (applied to the
+      matrices; ``other`` has its own).
+    beta: momentum β in [0, 1) (reference: 0.95).
+    nesterov: use the Nesterov form (reference: True).
+    weight_decay: decoupled weight decay λ of the matrices (the step
+      multiplies them by ``1 - ηλ``).
+    ns_steps: Newton-Schulz iterations.
+    ns_coeffs: the iteration's ``(a, b, c)``.
+    eps: added to the Frobenius norm of the pre-scale.
+    mask: which leaves are orthogonalized: a tree of bools or a callable on
+      the params (default :func:`hidden_matrices`, every leaf with two or
+      more dimensions); ``True`` for every leaf.
+    other: the transformation for the remaining leaves, a complete
+      optimizer including its learning rate (default
+      ``optax.adamw(learning_rate, b1=0.9, b2=0.95, eps=1e-10,
+      weight_decay=weight_decay)`` computed in float32 whatever the leaf
+      dtype, the reference's Adam settings at Muon's learning rate; pass
+      your own for the reference's separate Adam rate).
+    axis_name: orthogonalization needs each matrix whole, so a mapped axis
+      over which the leaves are shards is refused with a ``ValueError``;
+      gather the matrices first, or use ``jit`` with sharded arrays (GSPMD
+      computes on the logical matrix, tested).
+
+  Returns:
+    An ``optax.GradientTransformation``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, normopt, optax
+    >>> tx = normopt.muon(0.02)
+    >>> params = {'w': jnp.ones((4, 3)), 'b': jnp.zeros(3)}
+    >>> grads = {'w': jnp.arange(12.).reshape(4, 3), 'b': jnp.ones(3)}
+    >>> u, _ = tx.update(grads, tx.init(params), params)
+    >>> jax.tree.map(jnp.shape, u)
+    {'b': (3,), 'w': (4, 3)}
+
+  References:
+    Jordan, Jin, Boza, You, Cesista, Newhouse, Bernstein, *Muon: An
+    optimizer for hidden layers in neural networks*, 2024 (reference code
+    ``KellerJordan/Muon``);
+    Pethick et al., *Training Deep Learning Models with Norm-Constrained
+    LMOs*, ICML 2025, Table 1.
+  """
+  check_non_negative("learning_rate", learning_rate)
+  check_in_range("beta", beta, 0.0, 1.0, high_inclusive=False)
+  check_non_negative("weight_decay", weight_decay)
+  matrices = optax.chain(
+      heavy_ball(beta, ema=True, nesterov=nesterov),
+      normalize_per_block(norm="spectral", eps=eps, ns_steps=ns_steps,
+                          ns_coeffs=ns_coeffs, axis_name=axis_name),
+      _scale_by_shape_factor(),
+      optax.add_decayed_weights(weight_decay),
+      optax.scale_by_learning_rate(learning_rate),
+  )
+  if other is None:
+    other = _in_float32(optax.adamw(learning_rate, b1=0.9, b2=0.95, eps=1e-10,
+                                    weight_decay=weight_decay))
+  if mask is True:
+    return optax.chain(_float_updates(), matrices)
+  chosen = hidden_matrices if mask is None else mask
+
+  def labels(params):
+    flags = chosen(params) if callable(chosen) else chosen
+    return jax.tree.map(lambda f: "muon" if f else "other", flags)
+
+  return optax.chain(_float_updates(), optax.multi_transform(
+      {"muon": matrices, "other": other}, labels))

@@ -62,8 +62,10 @@ def check_at_least(name: str, value, low: float) -> None:
 
 
 def check_positive_int(name: str, value) -> None:
-  """Raises unless ``value`` is an integer ``>= 1``."""
-  if int(value) != value or value < 1:
+  """Raises unless ``value`` is an integer ``>= 1`` (a traced value, as
+  under ``inject_hyperparams``, is not checked)."""
+  v = _concrete_float(value)
+  if v is not None and (not math.isfinite(v) or int(v) != v or v < 1):
     raise ValueError(f"{name} must be a positive integer, got {value}")
 
 

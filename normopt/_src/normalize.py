@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple, Union
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from normopt._src import blocks as blocks_lib
-from normopt._src import numerics
-from normopt._src.base import check_non_negative
+from normopt._src import lmo, numerics
+from normopt._src.base import check_non_negative, check_positive_int
 
 
 class NormalizeGlobalState(NamedTuple):
@@ -19,7 +20,8 @@ class NormalizeGlobalState(NamedTuple):
 
 
 class NormalizePerBlockState(NamedTuple):
-  """State of :func:`normalize_per_block`: the last norm of every block."""
+  """State of :func:`normalize_per_block`: the last (dual) norm of every
+  block."""
   norms: Any
 
 
@@ -80,30 +82,93 @@ def normalize_global(
   return optax.GradientTransformation(init_fn, update_fn)
 
 
+NormSpec = Union[lmo.NormName, Any, Callable[[Any], Any]]
+
+
+def _norm_names(norm: NormSpec, updates, resolved) -> list[str]:
+  """One norm name per block, checked."""
+  if isinstance(norm, str):
+    names = [norm] * len(jax.tree.leaves(updates))
+  else:
+    names = jax.tree.leaves(norm(updates) if callable(norm) else norm)
+    if len(names) != len(jax.tree.leaves(updates)):
+      raise ValueError(f"norm must give one name per leaf: got {len(names)} "
+                       f"names for {len(jax.tree.leaves(updates))} leaves")
+  for name in set(names):
+    if name not in lmo.NORMS:
+      raise ValueError(f"unknown norm {name!r}; choose one of "
+                       f"{', '.join(lmo.NORMS)}")
+  per_block = []
+  for k, group in enumerate(resolved.groups):
+    label = k if resolved.labels is None else resolved.labels[k]
+    kinds = {names[i] for i in group}
+    if len(kinds) > 1:
+      raise ValueError(f"block {label!r} mixes norms {sorted(kinds)}")
+    (kind,) = kinds
+    if kind in lmo.MATRIX_NORMS and len(group) > 1:
+      raise ValueError(f"block {label!r} groups {len(group)} leaves under the "
+                       f"{kind!r} norm, which needs one matrix per block")
+    per_block.append(kind)
+  return per_block
+
+
 def normalize_per_block(
     *,
     eps: float = 0.0,
     blocks: blocks_lib.BlockSpec = None,
+    norm: NormSpec = "l2",
+    ns_steps: int = 5,
+    ns_coeffs: tuple[float, float, float] = lmo.NS_COEFFS,
+    exact_svd: bool = False,
     axis_name: str | None = None,
 ) -> optax.GradientTransformation:
-  r"""Divides each block of the update tree by that block's own L2 norm.
+  r"""Replaces each block by its unit-norm steepest direction.
+
+  With the default ``norm="l2"`` each block is divided by its own L2 norm,
+  as in the block-wise SNGM of the paper:
 
   .. math:: g^{(s)} \leftarrow g^{(s)} / (\|g^{(s)}\|_2 + \epsilon)
 
-  By default a block is one leaf (one layer's tensor), as in the block-wise
-  SNGM of the paper. A zero block maps to zeros, never to NaN; each leaf
-  keeps its dtype; norms are accumulated in float32 or wider.
+  Other norms give steepest descent under that norm (the linear
+  minimization oracle of Pethick et al., Table 1):
+  :math:`g^{(s)} \leftarrow \arg\max_{\|\Delta\| \le 1}
+  \langle g^{(s)}, \Delta\rangle`, whose value
+  :math:`\langle g^{(s)}, \cdot\rangle = \|g^{(s)}\|_*` (the dual norm) is
+  kept in the state: ``"rms"`` (``√n g/‖g‖₂``), ``"sign"`` (``sign(g)``, the
+  ℓ∞ ball: Signum), ``"col"`` / ``"row"`` (each column / row of the matrix
+  over its own ℓ2 norm) and ``"spectral"`` (the polar factor ``U Vᵀ`` of
+  ``g = U S Vᵀ``: Muon's orthogonalization). The matrix norms take one leaf
+  per block and view a leaf with more than two dimensions as
+  ``reshape(-1, shape[-1])`` (a Flax conv kernel ``(kh, kw, in, out)`` as
+  ``(kh·kw·in, out)``).
+
+  By default a block is one leaf (one layer's tensor). A zero block maps to
+  zeros, never to NaN; each leaf keeps its dtype; norms and directions are
+  computed in float32 or wider and are exact at any gradient scale (the
+  spectral iteration starts from the block over its exact Frobenius norm).
 
   Args:
-    eps: added to each block norm in the denominator (``eps >= 0``).
+    eps: added to the scalar each block is divided by (``eps >= 0``; l2,
+      rms and spectral).
     blocks: ``None`` (one block per leaf), a tree of labels shaped like the
       params (equal labels form one block), or a callable params -> labels.
+    norm: ``"l2"``, ``"spectral"``, ``"sign"``, ``"rms"``, ``"col"`` or
+      ``"row"``; or a tree of such names shaped like the params (or a
+      callable params -> names), one per leaf, equal within a block.
+    ns_steps: Newton-Schulz iterations of the spectral norm.
+    ns_coeffs: the iteration's ``(a, b, c)``: ``X ← aX + (bA + cA²)X``,
+      ``A = XXᵀ`` (default: Jordan et al.'s quintic, which returns singular
+      values in about [0.7, 1.1] rather than exactly 1, by design).
+    exact_svd: compute the spectral direction by SVD (exact ``U Vᵀ``; slow,
+      for tests and references).
     axis_name: mapped axis over which the leaves are shards of one tree; the
-      squared block norms are ``psum``-ed over it.
+      block sums are ``psum``-ed over it (l2, rms, sign; the matrix norms
+      need whole matrices and raise).
 
   Returns:
-    An ``optax.GradientTransformation``; its state keeps the last block norms
-    (a tree like the params for per-leaf blocks, else a dict label -> norm).
+    An ``optax.GradientTransformation``; its state keeps the last dual norm
+    of every block (a tree like the params for per-leaf blocks, else a dict
+    label -> norm).
 
   Example:
     >>> import jax.numpy as jnp, normopt
@@ -112,12 +177,24 @@ def normalize_per_block(
     >>> u, _ = tx.update(g, tx.init(g))
     >>> u['b']
     Array([0., 1.], dtype=float32)
+    >>> tx = normopt.normalize_per_block(norm="spectral", exact_svd=True)
+    >>> g = {'w': jnp.array([[3., 0.], [0., 0.5]])}
+    >>> u, _ = tx.update(g, tx.init(g))
+    >>> u['w']
+    Array([[1., 0.],
+           [0., 1.]], dtype=float32)
 
   References:
     Zhao, Xie, Li, *On the Convergence and Improvement of Stochastic
-    Normalized Gradient Descent* (SNGM), eq. (13)-(14).
+    Normalized Gradient Descent* (SNGM), eq. (13)-(14);
+    Pethick et al., *Training Deep Learning Models with Norm-Constrained
+    LMOs* (Scion), ICML 2025, Table 1;
+    Jordan et al., *Muon: An optimizer for hidden layers*, 2024.
   """
   check_non_negative("eps", eps)
+  check_positive_int("ns_steps", ns_steps)
+  if len(ns_coeffs) != 3:
+    raise ValueError(f"ns_coeffs must be (a, b, c), got {ns_coeffs!r}")
 
   def init_fn(params):
     return NormalizePerBlockState(
@@ -128,14 +205,35 @@ def normalize_per_block(
     leaves, treedef = jax.tree.flatten(updates)
     numerics.check_float_leaves(leaves)
     resolved = blocks_lib.resolve(blocks, updates)
-    norms = numerics.block_norms(leaves, resolved.groups, axis_name)
+    kinds = _norm_names(norm, updates, resolved)
+    if axis_name is not None and any(k in lmo.MATRIX_NORMS for k in kinds):
+      raise ValueError(
+          "the spectral, col and row norms need each matrix whole: with "
+          "axis_name the leaves are shards; gather them, or use jit with "
+          "sharded arrays (GSPMD computes on the logical matrix)")
+    needs_l2 = [k for k, kind in enumerate(kinds)
+                if kind in ("l2", "rms", "spectral")]
+    l2 = numerics.block_norms(
+        leaves, [resolved.groups[k] for k in needs_l2], axis_name)
+    l2 = dict(zip(needs_l2, l2))
     out = list(leaves)
+    duals = []
     for k, group in enumerate(resolved.groups):
-      for i in group:
-        out[i] = numerics.divide_by_norm(leaves[i], norms[k] + eps)
+      if kinds[k] == "l2":
+        for i in group:
+          out[i] = numerics.divide_by_norm(leaves[i], l2[k] + eps)
+        duals.append(l2[k])
+        continue
+      directions, dual = lmo.direction(
+          kinds[k], [leaves[i] for i in group], l2.get(k), eps=eps,
+          ns_steps=ns_steps, ns_coeffs=ns_coeffs, exact_svd=exact_svd,
+          axis_name=axis_name)
+      for i, d in zip(group, directions):
+        out[i] = d
+      duals.append(dual)
     dtypes = [x.dtype for x in jax.tree.leaves(state.norms)]
     new_norms = blocks_lib.to_tree(
-        resolved, [n.astype(d) for n, d in zip(norms, dtypes)], updates)
+        resolved, [n.astype(d) for n, d in zip(duals, dtypes)], updates)
     return jax.tree.unflatten(treedef, out), NormalizePerBlockState(new_norms)
 
   return optax.GradientTransformation(init_fn, update_fn)
