@@ -83,8 +83,11 @@ def plot_study(summaries, path: Path, title: str = "MNIST-1D") -> None:
                [100 * s["mean"] for s in rows],
                yerr=[100 * s["std"] for s in rows], fmt="o-", capsize=3,
                label=method)
+  batches = sorted({s["batch_size"] for s in summaries})
   a.set(xscale="log", xlabel="batch size", ylabel="test accuracy (%)",
         title=f"{title}: tuned learning rate, mean ± std")
+  a.set_xticks(batches, [str(b) for b in batches])
+  a.minorticks_off()
   a.legend()
   largest = max(s["batch_size"] for s in summaries)
   for s in summaries:

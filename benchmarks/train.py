@@ -41,7 +41,9 @@ class Config:
   beta: float = 0.9  # momentum / β of every method
   nu: float = 0.7  # QHM
   trust_coefficient: float = 0.001  # LARS / CLARS
-  mask_all: bool = False  # LARS / CLARS: trust ratio on every leaf (mask=True)
+  # LARS / CLARS: the trust ratio on every leaf (mask=True, the default);
+  # False: the papers' exclusion of biases and norm params (mask=None)
+  mask_all: bool = True
   noise_scale: bool = False  # track the gradient noise scale (logged per epoch)
   weight_decay: float = 1e-4
   schedule: str = "cosine"  # constant|cosine|polynomial|sqrt_decay|inverse_decay
@@ -95,8 +97,8 @@ def build_optimizer(name: str, config: Config, learning_rate):
                      f"{', '.join(method_names())}")
   factory = getattr(normopt, name)
   values = {**dataclasses.asdict(config), "momentum": config.beta}
-  if name in ("lars", "clars") and config.mask_all:
-    values["mask"] = True
+  if name in ("lars", "clars"):
+    values["mask"] = True if config.mask_all else None
   taken = inspect.signature(factory).parameters
   return factory(learning_rate=learning_rate,
                  **{k: v for k, v in values.items()

@@ -137,14 +137,19 @@ def test_negative_learning_rate_rejected(name):
 
 
 def test_lars_default_mask_keeps_zero_bias_step_bounded():
-  """Zero-initialised biases never get an exploding step by default."""
+  """Zero-initialised biases never get an exploding step: with the default
+  mask (every leaf) a zero-norm block is scaled as if ‖w‖ = 1, so its step
+  has norm at most lr·k (CLARS: its denominator, the mean per-example norm,
+  is at least ‖g‖), times 1 + β for Nesterov; with mask=None it is a plain
+  momentum step, |u| <= lr (1 + β) |g|."""
   params = {"kernel": jnp.ones((4, 4)), "bias": jnp.zeros((4,))}
   grads = {"kernel": jnp.full((4, 4), 1e-3), "bias": jnp.full((4,), 1e-3)}
-  for tx in (normopt.lars(1.0), normopt.clars(1.0)):
-    u, _ = tx.update(grads, tx.init(params), params,
-                     per_example_norms={"kernel": jnp.asarray(4e-3),
-                                        "bias": jnp.asarray(2e-3)})
-    # masked out: a plain (Nesterov) momentum step, |u| <= lr (1 + β) |g|
+  norms = {"kernel": jnp.asarray(4e-3), "bias": jnp.asarray(2e-3)}
+  for tx, k in ((normopt.lars(1.0), 1e-3), (normopt.clars(1.0), 1e-2)):
+    u, _ = tx.update(grads, tx.init(params), params, per_example_norms=norms)
+    assert float(jnp.linalg.norm(u["bias"])) <= 1.0 * k * 1.9 + 1e-9
+  for tx in (normopt.lars(1.0, mask=None), normopt.clars(1.0, mask=None)):
+    u, _ = tx.update(grads, tx.init(params), params, per_example_norms=norms)
     assert float(jnp.max(jnp.abs(u["bias"]))) <= 1.9e-3 + 1e-9
 
 

@@ -58,13 +58,23 @@ def test_block_sngm():
   check(got, reference.block_sngm(p.grad, p.w0, STEPS, 0.02, 0.8, 1e-3))
 
 
+@pytest.mark.parametrize("mask", [True, None])
 @pytest.mark.parametrize("nesterov", [False, True])
-def test_lars(nesterov):
+def test_lars(nesterov, mask):
   p = LeastSquares()
   got, _ = run(normopt.lars(2.0, momentum=0.9, weight_decay=1e-3,
-                            trust_coefficient=0.01, nesterov=nesterov), p)
+                            trust_coefficient=0.01, nesterov=nesterov,
+                            mask=mask), p)
   check(got, reference.lars(p.grad, p.w0, STEPS, 2.0, 0.9, 1e-3, 0.01,
-                            selected=[False, True], nesterov=nesterov))
+                            selected=[mask is True, True], nesterov=nesterov))
+
+
+def test_lars_and_clars_trust_ratio_every_leaf_by_default():
+  p = LeastSquares()
+  default, _ = run(normopt.lars(2.0, trust_coefficient=0.01), p, steps=5)
+  every, _ = run(normopt.lars(2.0, trust_coefficient=0.01, mask=True), p,
+                 steps=5)
+  check(default, trees.blocks(every))
 
 
 def test_lars_equals_optax_lars_where_defined_alike():
@@ -93,13 +103,15 @@ def test_lamb_equals_optax_lamb_with_every_leaf_masked_in():
   check(ours, trees.blocks(theirs))
 
 
-def test_clars():
+@pytest.mark.parametrize("mask", [True, None])
+def test_clars(mask):
   p = LeastSquares()
-  got, _ = run(normopt.clars(1.0, momentum=0.9, trust_coefficient=0.01), p,
+  got, _ = run(normopt.clars(1.0, momentum=0.9, trust_coefficient=0.01,
+                             mask=mask), p,
                extra=lambda params, t: {
                    "per_example_norms": p.jax_example_norms(params, t)})
   check(got, reference.clars(p.grad, p.example_grads, p.w0, STEPS, 1.0, 0.9,
-                             0.01, selected=[False, True]))
+                             0.01, selected=[mask is True, True]))
 
 
 def test_normalized_sgdm():

@@ -89,11 +89,12 @@ def test_abstract_init_matches_concrete(name):
 @pytest.mark.parametrize("name", ["lars", "clars", "lamb"])
 @pytest.mark.parametrize("mask", ["nothing", "everything"])
 def test_masks_that_select_nothing_or_everything(name, mask):
-  """A logistic-regression weight vector (all leaves 1-D: the default mask
-  selects nothing), and mask=True; one step is finite and as documented."""
+  """A logistic-regression weight vector (all leaves 1-D: mask=None, the
+  papers' exclusion, selects nothing), and mask=True; one step is finite
+  and as documented."""
   w = {"b": jnp.ones(3), "v": jnp.full(3, 2.0)}
   g = jax.tree.map(lambda x: 0.1 * x, w)
-  tx = registry.make(name, **({} if mask == "nothing" else {"mask": True}))
+  tx = registry.make(name, mask=None if mask == "nothing" else True)
   u, state = tx.update(g, tx.init(w), w, **registry.extra_args(name, g, w))
   assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(u))
   status = normopt.telemetry(state)["trust_ratio_0"]["status"]
@@ -146,7 +147,7 @@ def test_clars_with_labelled_blocks_end_to_end():
 
 def test_telemetry_under_jit_with_inject_hyperparams():
   tx = optax.inject_hyperparams(normopt.lars)(learning_rate=0.3,
-                                              trust_coefficient=0.5)
+                                              trust_coefficient=0.5, mask=None)
   w = {"k": jnp.full((2, 2), 2.0), "b": jnp.ones(2)}
   g = {"k": jnp.full((2, 2), 0.5), "b": jnp.ones(2)}
 

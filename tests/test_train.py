@@ -76,7 +76,7 @@ def test_train_step_feeds_clars_the_per_example_norms(probed):
 def test_history_logs_telemetry_per_layer():
   result = train.train_and_evaluate(train.Config(
       dataset="digits", model="mlp", method="lars", epochs=1, batch_size=64,
-      learning_rate=1.0))
+      learning_rate=1.0, mask_all=False))
   logged = result["history"][0]["telemetry"]
   assert 0 < logged["trust_ratio_0/ratios['hidden']['kernel']"] < 1
   assert normopt.TRUST_STATUS[int(

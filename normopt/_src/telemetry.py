@@ -61,7 +61,7 @@ def telemetry(opt_state: Any, *, learning_rate: Any = None) -> dict[str, Any]:
   Example:
     >>> import jax.numpy as jnp, normopt
     >>> w = {'k': jnp.full((2, 2), 2.), 'b': jnp.ones(2)}
-    >>> tx = normopt.lars(0.5, trust_coefficient=1.0)
+    >>> tx = normopt.lars(0.5, trust_coefficient=1.0, mask=None)
     >>> _, state = tx.update(w, tx.init(w), w)
     >>> info = normopt.telemetry(state, learning_rate=0.5)
     >>> [normopt.TRUST_STATUS[int(s)] for s in info['trust_ratio_0']['status'].values()]
