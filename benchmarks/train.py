@@ -157,8 +157,9 @@ def make_optimizer(config: Config, plan: Plan, learning_rate=None):
   """The configured optimizer; ``learning_rate`` (a number or a traced value,
   as in :func:`train_population`) replaces ``config.learning_rate`` as the
   peak of the schedule."""
-  schedule = make_schedule(config, plan)
-  if learning_rate is not None:
+  if learning_rate is None:
+    schedule = make_schedule(config, plan)
+  else:
     unit = make_schedule(dataclasses.replace(config, learning_rate=1.0), plan)
     schedule = lambda count: learning_rate * unit(count)  # noqa: E731
   tx = build_optimizer(config.method, config, schedule)
@@ -318,10 +319,7 @@ def train_and_evaluate(config: Config, workdir: str | Path | None = None,
   # layers; otherwise the exact vmap-of-grad path.
   probed = getattr(model, "supports_probes", False)
 
-  def loss_fn(params, x, y, probes=None):
-    model = nnx.merge(graphdef, params)
-    logits = model(x, probes) if probes is not None else model(x)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+  loss_fn, apply_fn = _model_fns(graphdef)
 
   x_train, y_train = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
   x_test, y_test = jnp.asarray(dataset.x_test), jnp.asarray(dataset.y_test)
@@ -372,9 +370,6 @@ def train_and_evaluate(config: Config, workdir: str | Path | None = None,
     if not pmap:
       return body(params, opt_state, order[:, 0])
     return body(params, opt_state, order.transpose(1, 0, 2))
-
-  def apply_fn(params, x):
-    return nnx.merge(graphdef, params)(x)
 
   evaluate = jax.jit(functools.partial(
       eval_step, apply_fn=apply_fn,
@@ -453,6 +448,20 @@ def train_and_evaluate(config: Config, workdir: str | Path | None = None,
   return result
 
 
+def _model_fns(graphdef):
+  """``(loss_fn, apply_fn)`` of the model ``graphdef`` over its params:
+  mean cross-entropy (with CLARS norm probes when given) and the logits."""
+  def loss_fn(params, x, y, probes=None):
+    model = nnx.merge(graphdef, params)
+    logits = model(x, probes) if probes is not None else model(x)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+  def apply_fn(params, x):
+    return nnx.merge(graphdef, params)(x)
+
+  return loss_fn, apply_fn
+
+
 def _count_divergence_as_chance(result: dict) -> None:
   """A run whose training loss went non-finite scores at most chance (0.1):
   its argmax over NaN logits would otherwise pick a class by accident."""
@@ -489,22 +498,16 @@ def train_population(config: Config, learning_rates, seeds,
   if min(lr for lr, _ in members) <= 0:
     raise ValueError(f"learning rates must be > 0, got {list(learning_rates)}")
   shapes = (dataset.x_train.shape[1:], dataset.num_classes)
-  graphdef, _ = nnx.split(models.make(config.model, *shapes, 0))
+  template = models.make(config.model, *shapes, 0)
+  graphdef, _ = nnx.split(template)
+  probed = getattr(template, "supports_probes", False)
   params = jax.tree.map(lambda *xs: jnp.stack(xs), *[
       nnx.split(models.make(config.model, *shapes, seed))[1]
       for _, seed in members])
   peaks = jnp.asarray([lr for lr, _ in members], jnp.float32)
   keys = jnp.stack([jax.random.PRNGKey(seed) for _, seed in members])
-  probed = getattr(models.make(config.model, *shapes, 0), "supports_probes",
-                   False)
 
-  def loss_fn(params, x, y, probes=None):
-    model = nnx.merge(graphdef, params)
-    logits = model(x, probes) if probes is not None else model(x)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-  def apply_fn(params, x):
-    return nnx.merge(graphdef, params)(x)
+  loss_fn, apply_fn = _model_fns(graphdef)
 
   x_train, y_train = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
   test = (jnp.asarray(dataset.x_test), jnp.asarray(dataset.y_test))
