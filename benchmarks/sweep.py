@@ -19,7 +19,9 @@ methods side by side. The protocol:
    smallest or largest of the grid, ``grid_size // 2`` more points are added
    beyond that edge and trained, and selection repeats, up to ``max_widen``
    times; a best still on an edge is flagged (``on_edge``) in the results
-   and the table, never hidden.
+   and the table, never hidden. A grid on which no point scores at all
+   (no run reached a step-count target) gives no direction and is not
+   widened.
 5. **Variants.** Each variant goes through steps 1-4; the variant whose
    chosen learning rate has the best score represents the method.
 6. **Report.** Test accuracy at the chosen learning rate: mean ± sample std
@@ -45,9 +47,33 @@ import dataclasses
 import math
 import statistics
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 SCORE = "validation_accuracy"  # what selection ranks by
 REPORT = "test_accuracy"  # what tables report
+
+
+class Objective(NamedTuple):
+  """What a study selects on and reports.
+
+  Attributes:
+    score: the runs of one learning rate (one per seed) -> a number to
+      maximise, computed on held-out validation data.
+    report: the record key whose seed mean ± std the tables report.
+    tolerance: the score drop within which a learning rate counts towards
+      the width.
+  """
+  score: Callable[[Sequence[dict]], float]
+  report: str
+  tolerance: float
+
+
+def _validation_accuracy(runs: Sequence[dict]) -> float:
+  return seed_mean(runs)
+
+
+# final accuracy: the seed-mean validation accuracy, width within 1 point
+ACCURACY = Objective(_validation_accuracy, REPORT, 0.01)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,8 +119,11 @@ def seed_mean(runs: Sequence[dict], key: str = SCORE) -> float:
 
 
 def seed_std(runs: Sequence[dict], key: str = REPORT) -> float:
-  """Sample standard deviation over seeds (0 for a single seed)."""
+  """Sample standard deviation over seeds (0 for a single seed, NaN when a
+  value is infinite)."""
   values = [r[key] for r in runs]
+  if not all(map(math.isfinite, values)):
+    return math.nan
   return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
@@ -111,17 +140,18 @@ def edge(grid: Sequence[float], best: float) -> str | None:
 class Tuned:
   """One variant at one batch size, after the protocol."""
   learning_rate: float
-  score: float  # seed-mean validation accuracy at learning_rate
-  mean: float  # seed-mean test accuracy at learning_rate
-  std: float  # sample std of the test accuracy over seeds
+  score: float  # the objective's score (validation) at learning_rate
+  mean: float  # seed mean of the reported value (test) at learning_rate
+  std: float  # its sample std over seeds
   on_edge: bool
-  width: float  # largest / smallest lr within 1 point of the best score
+  width: float  # largest / smallest lr within the tolerance of the best
   grid: list[float]
   runs: dict[float, list[dict]]  # every run, by learning rate
 
 
 def tune(evaluate: Callable[[list[float]], dict[float, list[dict]]],
-         center: float, protocol: Protocol) -> Tuned:
+         center: float, protocol: Protocol,
+         objective: Objective = ACCURACY) -> Tuned:
   """Steps 1-4 of the protocol for one variant at one batch size.
 
   Args:
@@ -130,6 +160,7 @@ def tune(evaluate: Callable[[list[float]], dict[float, list[dict]]],
       ``test_accuracy``) by learning rate.
     center: the variant's start value.
     protocol: grid size, spacing, widening limit and seeds.
+    objective: what to select on and report (default: final accuracy).
 
   Returns:
     The chosen learning rate with its scores, the whole grid and its runs.
@@ -137,19 +168,21 @@ def tune(evaluate: Callable[[list[float]], dict[float, list[dict]]],
   grid = log_grid(center, protocol.grid_size, protocol.ratio)
   runs = dict(evaluate(grid))
   for _ in range(protocol.max_widen):
-    best = max(grid, key=lambda lr: seed_mean(runs[lr]))
+    best = max(grid, key=lambda lr: objective.score(runs[lr]))
     side = edge(grid, best)
-    if side is None:
-      break
+    if side is None or objective.score(runs[best]) == -math.inf:
+      break  # inside, or no point scored at all: no direction to widen in
     new = extend(grid, side, protocol.grid_size // 2, protocol.ratio)
     runs.update(evaluate(new))
     grid = sorted(grid + new)
-  best = max(grid, key=lambda lr: seed_mean(runs[lr]))
-  score = seed_mean(runs[best])
-  near = [lr for lr in grid if seed_mean(runs[lr]) >= score - 0.01]
-  return Tuned(best, score, seed_mean(runs[best], REPORT),
-               seed_std(runs[best]), edge(grid, best) is not None,
-               max(near) / min(near), grid, runs)
+  best = max(grid, key=lambda lr: objective.score(runs[lr]))
+  score = objective.score(runs[best])
+  near = [lr for lr in grid
+          if objective.score(runs[lr]) >= score - objective.tolerance]
+  return Tuned(best, score, seed_mean(runs[best], objective.report),
+               seed_std(runs[best], objective.report),
+               edge(grid, best) is not None, max(near) / min(near), grid,
+               runs)
 
 
 def verdict(a: Tuned, b: Tuned) -> str:
@@ -170,7 +203,8 @@ def start_for(starts: dict[str, float], batch_size: int) -> float:
 
 def study(variants: Sequence[dict], batch_sizes: Sequence[int],
           protocol: Protocol, train_fn: Callable[..., list[dict]],
-          log: Callable[[str], None] = print) -> list[dict]:
+          log: Callable[[str], None] = print,
+          objective: Objective = ACCURACY) -> list[dict]:
   """The protocol over every variant and batch size.
 
   Args:
@@ -183,6 +217,7 @@ def study(variants: Sequence[dict], batch_sizes: Sequence[int],
     train_fn: ``train_fn(method=..., batch_size=..., learning_rates=...,
       seeds=..., **settings)`` returns one record per (learning rate, seed).
     log: receives one progress line per trained grid.
+    objective: what to select on and report (default: final accuracy).
 
   Returns:
     One summary per (variant, batch size): label, method, settings, batch
@@ -202,10 +237,11 @@ def study(variants: Sequence[dict], batch_sizes: Sequence[int],
           r["variant"] = variant["label"]
           by_lr.setdefault(_round(r["learning_rate"]), []).append(r)
         log(f"  {variant['label']:28s} b={batch:<5d} " + " ".join(
-            f"{lr:g}:{100 * seed_mean(rs):.1f}" for lr, rs in by_lr.items()))
+            f"{lr:g}:{objective.score(rs):.3g}" for lr, rs in by_lr.items()))
         return by_lr
 
-      tuned = tune(evaluate, start_for(variant["start"], batch), protocol)
+      tuned = tune(evaluate, start_for(variant["start"], batch), protocol,
+                   objective)
       fields = dataclasses.asdict(tuned)
       runs = fields.pop("runs")
       summaries.append({
@@ -225,7 +261,7 @@ def best_variants(summaries: Sequence[dict]) -> list[dict]:
   return list(best.values())
 
 
-def _tuned(summary: dict) -> Tuned:
+def as_tuned(summary: dict) -> Tuned:
   return Tuned(**{f.name: summary.get(f.name) for f in
                   dataclasses.fields(Tuned)})
 
@@ -265,7 +301,7 @@ def table(summaries: Sequence[dict], rows: str = "method") -> str:
     here = [s for s in chosen if s["batch_size"] == b]
     lead = max(here, key=lambda s: s["mean"])
     level = [s[rows] for s in here if s is not lead
-             and verdict(_tuned(lead), _tuned(s)) == "level"]
+             and verdict(as_tuned(lead), as_tuned(s)) == "level"]
     verdicts.append(f"batch {b}: {lead[rows]} leads"
                     + (f", level with {', '.join(level)}" if level else ""))
   lines.append(f"Seeds per cell: {', '.join(map(str, sorted(seeds)))}. "

@@ -12,7 +12,7 @@ import dataclasses
 import functools
 import inspect
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -64,6 +64,10 @@ class Config:
   batch_growth: float = 1.0
   growth_interval: int = 1
   max_batch: int | None = None
+  # Measured growth instead (normopt.batch_growth): from batch_size by factors
+  # of batch_growth up to max_batch as the measured noise scale grows
+  # (constant learning rate; every micro_batch pass measures the noise scale).
+  measured_growth: bool = False
   resume: bool = False  # continue from the latest checkpoint in the workdir
   stop_after: int | None = None  # stop after this epoch (simulates pre-emption)
 
@@ -165,6 +169,10 @@ def make_optimizer(config: Config, plan: Plan, learning_rate=None):
   tx = build_optimizer(config.method, config, schedule)
   if config.noise_scale:
     tx = optax.chain(normopt.track_noise_scale(0.95), tx)
+  if config.measured_growth:
+    return normopt.batch_growth(
+        tx, micro_batch=config.micro_batch, max_batch=config.max_batch,
+        growth=int(config.batch_growth), min_batch=config.batch_size)
   if plan.batch_schedule is None:
     return tx
   return optax.MultiSteps(tx, every_k_schedule=schedules.accumulation_steps(
@@ -180,9 +188,10 @@ def make_plan(config: Config, n: int) -> Plan:
   if config.batch_size > n:
     raise ValueError(f"batch_size {config.batch_size} exceeds the {n} "
                      "training examples")
-  if config.noise_scale and (config.micro_batch or config.method == "clars"):
-    raise ValueError("noise_scale works with a fixed batch and methods other "
-                     "than clars")
+  if config.noise_scale and (config.method == "clars" or (
+      config.micro_batch and not config.measured_growth)):
+    raise ValueError("noise_scale works with a fixed batch or measured "
+                     "growth, and methods other than clars")
   if config.parallel not in ("none", "pmap", "mesh", "sharded"):
     raise ValueError(f"unknown parallel mode {config.parallel!r}; choose "
                      "none, pmap, mesh or sharded")
@@ -191,6 +200,18 @@ def make_plan(config: Config, n: int) -> Plan:
   if pass_batch % devices:
     raise ValueError(f"batch_size {pass_batch} does not divide by the "
                      f"{devices} local devices")
+  if config.measured_growth:
+    if (config.micro_batch is None or config.max_batch is None
+        or config.method == "clars" or config.schedule != "constant"
+        or config.warmup_epochs):
+      raise ValueError("measured_growth needs micro_batch and max_batch, a "
+                       "constant schedule without warmup, and a method other "
+                       "than clars")
+    if config.max_batch > n:
+      raise ValueError(f"max_batch {config.max_batch} exceeds the {n} "
+                       "training examples")
+    steps = n // config.max_batch * config.max_batch // config.micro_batch
+    return Plan(steps, config.micro_batch, lambda count: count * 0, None)
   if config.micro_batch is None:
     steps = n // config.batch_size
     return Plan(steps, config.batch_size, lambda count: count // steps, None)
@@ -344,7 +365,7 @@ def train_and_evaluate(config: Config, workdir: str | Path | None = None,
 
   step_fn = functools.partial(
       train_step, tx=tx, loss_fn=loss_fn, clars_norms=needs_norms,
-      noise_scale=config.noise_scale, probed=probed,
+      noise_scale=config.noise_scale or config.measured_growth, probed=probed,
       axis_name="data" if pmap else None)
 
   def epoch_body(params, opt_state, order):  # order: (steps, local batch)
@@ -419,7 +440,8 @@ def train_and_evaluate(config: Config, workdir: str | Path | None = None,
     history.append({"epoch": epoch + 1, "train_loss": float(loss),
                     "test_accuracy": test_accuracy, "grad_norm": grad_norm,
                     "telemetry": telemetry_record(
-                        _first_replica(pmap, opt_state))})
+                        _first_replica(pmap, opt_state))}
+                   | growth_record(_first_replica(pmap, opt_state), config))
     if bar is not None:
       bar.set_postfix(loss=f"{float(loss):.3f}", acc=f"{test_accuracy:.4f}")
     if manager is not None:
@@ -448,6 +470,11 @@ def train_and_evaluate(config: Config, workdir: str | Path | None = None,
   return result
 
 
+# training examples in the fixed batch on which train_population's checkpoints
+# estimate the gradient noise scale
+NOISE_PROBE = 1024
+
+
 def _model_fns(graphdef):
   """``(loss_fn, apply_fn)`` of the model ``graphdef`` over its params:
   mean cross-entropy (with CLARS norm probes when given) and the logits."""
@@ -472,7 +499,10 @@ def _count_divergence_as_chance(result: dict) -> None:
 
 
 def train_population(config: Config, learning_rates, seeds,
-                     progress: bool = False) -> list[dict]:
+                     progress: bool = False, *,
+                     eval_at: Sequence[int] | None = None,
+                     until: Callable[[np.ndarray, dict], bool] | None = None,
+                     ) -> list[dict]:
   """Trains one copy of ``config`` per (learning rate, seed) pair at once.
 
   Every copy has its own initialization and data order (from its seed) and
@@ -482,6 +512,20 @@ def train_population(config: Config, learning_rates, seeds,
   that share a seed see the same data order. Single device; a growing
   batch (``micro_batch``) works as in :func:`train_and_evaluate`.
 
+  With ``eval_at`` (passes, counted from 1: optimizer steps with a fixed
+  batch, micro-batches when accumulating), every copy also records at each
+  of those passes its validation and test accuracy, its optimizer steps so
+  far (``optimizer_step``) and the two gradient-noise-scale estimators
+  (:func:`normopt.gradient_noise_scale`, ``trace`` and ``grad_sq``) on a
+  fixed batch of ``NOISE_PROBE`` training examples, in
+  ``record["checkpoints"]``. The check runs inside the compiled epoch
+  behind a ``lax.cond`` on the pass number, so the passes in between pay
+  nothing. ``until(passes, values)`` is asked after every epoch with the
+  checkpoint passes so far and their values (name -> ``(copies,
+  checkpoints)`` array) and stops the training when it says so. With
+  ``config.measured_growth`` every pass measures the noise scale for
+  :func:`normopt.batch_growth`.
+
   Returns:
     One record per copy (learning rates outer, seeds inner), like
     :func:`train_and_evaluate`'s result without params, telemetry and
@@ -489,7 +533,9 @@ def train_population(config: Config, learning_rates, seeds,
   """
   if config.parallel != "none" or config.noise_scale:
     raise ValueError("train_population trains on one device without "
-                     "noise-scale tracking")
+                     "noise-scale tracking (measured_growth works)")
+  if eval_at is not None and not config.validation:
+    raise ValueError("eval_at needs validation examples")
   dataset, validation = load_data(config)
   plan = make_plan(config, len(dataset.y_train))
   members = [(float(lr), int(seed)) for lr in learning_rates for seed in seeds]
@@ -514,20 +560,6 @@ def train_population(config: Config, learning_rates, seeds,
   steps, batch = plan.steps, plan.pass_batch
   is_igt = config.method == "nigt"
 
-  def epoch(params, opt_state, key, peak):
-    step_fn = functools.partial(
-        train_step, tx=make_optimizer(config, plan, peak), loss_fn=loss_fn,
-        clars_norms=config.method == "clars", probed=probed)
-    order = jax.random.permutation(key, len(y_train))[:steps * batch]
-
-    def step(carry, idx):
-      params, opt_state, loss = step_fn(*carry, (x_train[idx], y_train[idx]))
-      return (params, opt_state), loss
-
-    (params, opt_state), losses = jax.lax.scan(
-        step, (params, opt_state), order.reshape(steps, batch))
-    return params, opt_state, jnp.mean(losses)
-
   def evaluate(params, opt_state):
     held_out = {"test_accuracy": test} | (
         {} if validation is None else {"validation_accuracy": validation})
@@ -535,34 +567,114 @@ def train_population(config: Config, learning_rates, seeds,
                            igt=is_igt)
             for name, examples in held_out.items()}
 
-  run_epoch = jax.jit(jax.vmap(epoch))
+  probe = (x_train[:NOISE_PROBE], y_train[:NOISE_PROBE])
+
+  def checkpoint(params, opt_state, passes):
+    _, _, estimate = normopt.gradient_noise_scale(
+        lambda p, b, *pr: loss_fn(p, *b, *pr), params, probe, probed=probed)
+    return evaluate(params, opt_state) | {
+        "trace": estimate.trace, "grad_sq": estimate.grad_sq,
+        "optimizer_step": optimizer_steps(opt_state, passes).astype(
+            jnp.float32)}
+
+  checkpoint_steps = jnp.asarray(sorted(eval_at or [0]), jnp.int32)
+
+  def epoch(params, opt_state, key, peak, first_step):
+    step_fn = functools.partial(
+        train_step, tx=make_optimizer(config, plan, peak), loss_fn=loss_fn,
+        clars_norms=config.method == "clars",
+        noise_scale=config.measured_growth, probed=probed)
+    order = jax.random.permutation(key, len(y_train))[:steps * batch]
+
+    def step(carry, xs):
+      i, idx = xs
+      params, opt_state, loss = step_fn(*carry, (x_train[idx], y_train[idx]))
+      if eval_at is None:
+        return (params, opt_state), (loss, {})
+      # the predicate depends on the step number only, so under vmap it
+      # stays a branch (the copies' checkpoints coincide)
+      passes = first_step + i + 1
+      values = jax.lax.cond(
+          jnp.isin(passes, checkpoint_steps), checkpoint,
+          lambda *a: jax.tree.map(jnp.zeros_like, jax.eval_shape(
+              checkpoint, *a)), params, opt_state, passes)
+      return (params, opt_state), (loss, values)
+
+    (params, opt_state), (losses, values) = jax.lax.scan(
+        step, (params, opt_state), (jnp.arange(steps), order.reshape(
+            steps, batch)))
+    return params, opt_state, jnp.mean(losses), values
+
+  run_epoch = jax.jit(jax.vmap(epoch, in_axes=(0, 0, 0, 0, None)))
   opt_state = jax.jit(jax.vmap(
       lambda p, peak: make_optimizer(config, plan, peak).init(p)))(
           params, peaks)
   start = time.perf_counter()
   losses = []
+  checkpoints: dict[str, list[np.ndarray]] = {}
+  reached: list[int] = []
   epochs = range(config.epochs)
   if progress:
     from tqdm import tqdm
     epochs = tqdm(epochs, desc=f"{config.method} b={batch} x{len(members)}",
                   leave=False)
-  for _ in epochs:
+  for e in epochs:
     keys, subkeys = jnp.unstack(jax.vmap(jax.random.split)(keys), axis=1)
-    params, opt_state, loss = run_epoch(params, opt_state, subkeys, peaks)
+    params, opt_state, loss, values = run_epoch(params, opt_state, subkeys,
+                                                peaks, e * steps)
     losses.append(np.asarray(loss))
+    if eval_at is None:
+      continue
+    here = [s for s in sorted(eval_at) if e * steps < s <= (e + 1) * steps]
+    reached += here
+    for name, value in jax.device_get(values).items():
+      checkpoints.setdefault(name, []).append(
+          value[:, [s - e * steps - 1 for s in here]])
+    if until is not None and until(np.asarray(reached), {
+        k: np.concatenate(v, axis=1) for k, v in checkpoints.items()}):
+      break
   scores = jax.device_get(jax.jit(jax.vmap(evaluate))(params, opt_state))
   seconds = time.perf_counter() - start
+  checkpoints = {k: np.concatenate(v, axis=1) for k, v in checkpoints.items()}
   records = []
   for i, (lr, seed) in enumerate(members):
     record = {**dataclasses.asdict(config), "learning_rate": lr, "seed": seed,
               **{name: float(value[i]) for name, value in scores.items()},
               "final_train_loss": float(losses[-1][i]),
               "seconds": seconds / len(members), "passes_per_epoch": steps,
+              "epochs_trained": len(losses),
               "history": [{"epoch": e + 1, "train_loss": float(loss[i])}
                           for e, loss in enumerate(losses)]}
+    if config.measured_growth:
+      record["final_batch"] = int(opt_state.accumulation[i]) * (
+          config.micro_batch)
+    if eval_at is not None:
+      record["checkpoints"] = [
+          {"step": int(s), **{k: float(v[i, j]) for k, v in checkpoints.items()}}
+          for j, s in enumerate(reached)]
     _count_divergence_as_chance(record)
     records.append(record)
   return records
+
+
+def optimizer_steps(opt_state, passes):
+  """Optimizer steps taken: ``passes`` with a fixed batch, else the count
+  of the accumulating wrapper (``optax.MultiSteps``, ``batch_growth``)."""
+  if isinstance(opt_state, normopt.BatchGrowthState):
+    opt_state = opt_state.multi_steps
+  if isinstance(opt_state, optax.MultiStepsState):
+    return opt_state.gradient_step
+  return passes
+
+
+def growth_record(opt_state, config: Config) -> dict:
+  """With measured growth: the batch now, the optimizer steps so far and
+  the tracked noise scale (for metrics.json)."""
+  if not config.measured_growth:
+    return {}
+  return {"batch_size": int(opt_state.accumulation) * config.micro_batch,
+          "optimizer_steps": int(opt_state.multi_steps.gradient_step),
+          "noise_scale": float(opt_state.trace / opt_state.grad_sq)}
 
 
 def telemetry_record(opt_state) -> dict[str, float]:

@@ -18,6 +18,7 @@ from normopt._src.alias import (
                                 sngd,
                                 sngm,
 )
+from normopt._src.batch_growth import BatchGrowthState, batch_growth, replay_schedule
 from normopt._src.distributed import assert_replicated
 from normopt._src.extrapolate import (
                                 IgtExtrapolateState,
@@ -48,6 +49,7 @@ __version__ = "0.2.0.dev0"
 __all__ = (
     "TRUST_STATUS",
     "AdaptiveNigtState",
+    "BatchGrowthState",
     "HeavyBallState",
     "IgtExtrapolateState",
     "NoiseScaleEstimate",
@@ -59,6 +61,7 @@ __all__ = (
     "TrustRatioState",
     "adaptive_nigt",
     "assert_replicated",
+    "batch_growth",
     "block_sngm",
     "clars",
     "exclude_bias_and_norm",
@@ -82,6 +85,7 @@ __all__ = (
     "probed_dense",
     "qh_combine",
     "qhm",
+    "replay_schedule",
     "schedules",
     "signum",
     "sngd",
