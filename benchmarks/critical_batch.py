@@ -23,14 +23,23 @@ the compiled training loop. Per method the fit gives ``S_min`` and
 ``B_crit`` with a bootstrap over seeds; the runs also give ``B_simple`` at
 the target and each method's best learning rate against the batch size.
 
-    python -m benchmarks.critical_batch          # 3-point grids, 1 seed,
-                                                 # 4 batch sizes: ~15 min
-    python -m benchmarks.critical_batch --full   # 5-point grids, 3 seeds,
-                                                 # batch 32 to 8192
+The second part compares ways of growing the batch at equal examples seen
+(:func:`run_growth`): a fixed small and a fixed large batch, fixed doubling
+ramps, and :func:`normopt.batch_growth`, which grows the batch as the
+measured noise scale grows; each with its constant learning rate tuned on
+the final validation accuracy, judged by issue 23's rule
+(:func:`growth_verdicts`).
+
+    python -m benchmarks.critical_batch          # 1 seed, batch 32/256/2048,
+                                                 # SNGM's growth: ~12 min
+    python -m benchmarks.critical_batch --full   # 3 seeds, batch 32 to 8192,
+                                                 # every method's growth
+    python -m benchmarks.critical_batch --only growth --methods sngm
 
 Writes ``results.json`` (one record per run, with its checkpoints),
-``summary.json`` (the tuned cells, the fits, provenance) and
-``critical_batch.png`` to ``--out``.
+``summary.json`` (the tuned cells, the fits, provenance),
+``critical_batch.md`` and ``critical_batch.png``, and for the growth part
+``growth.json``, ``growth.md`` and ``growth.png``, to ``--out``.
 """
 
 from __future__ import annotations
@@ -146,7 +155,21 @@ def run(variants: list[dict], batch_sizes: Sequence[int],
       "summaries": [{k: v for k, v in s.items() if k != "runs"}
                     for s in summaries]}), indent=2))
   plot(summaries, fits, target, out / "critical_batch.png")
+  (out / "critical_batch.md").write_text(
+      tables(summaries, fits, rules) + "\n\n" + provenance_note() + "\n")
   return summaries, fits, rules
+
+
+def provenance_note() -> str:
+  """Which command, when, on what: the line under every written table."""
+  import datetime
+  import sys
+  machine = report.provenance()
+  command = " ".join(["python -m benchmarks.critical_batch", *sys.argv[1:]])
+  return (f"Made by `{command}` on "
+          f"{datetime.date.today()}, {machine['machine']} "
+          f"({machine['device']}), jax {machine['jax']}, optax "
+          f"{machine['optax']}, normopt {machine['normopt']}.")
 
 
 def _finite(tree):
@@ -373,6 +396,8 @@ def run_growth(variants: list[dict], protocol: sweep.Protocol, out: Path, *,
       "verdicts": growth_verdicts(summaries),
       "summaries": summaries}), indent=2))
   plot_growth(summaries, target, out / "growth.png")
+  (out / "growth.md").write_text(
+      growth_table(summaries) + "\n\n" + provenance_note() + "\n")
   return summaries
 
 

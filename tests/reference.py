@@ -333,3 +333,52 @@ def muon(grad, w, steps, lr, beta, wd, nesterov=True, ns_steps=5):
       new.append(wi * (1 - lr * wd) - lr * _from_torch_matrix(o, wi.shape))
     w = new
   return w
+
+
+def _scion_lmo(name, g):
+  """The LIONS-EPFL/scion reference's lmo in PyTorch layout (``g`` a torch
+  matrix (out, in·k...) for matrices, or a vector), without its 1e-8:
+  Spectral / SpectralConv, Sign, RowNorm (normalized), ColNorm (not
+  normalized) and BiasRMS."""
+  if name == "rms":  # BiasRMS
+    return g / np.sqrt(np.mean(g ** 2))
+  d_out, d_in = g.shape
+  if name == "sign":
+    return np.sign(g) / d_in
+  if name == "col":  # RowNorm(normalized=True): each torch row
+    return g / (np.linalg.norm(g, axis=1, keepdims=True) * np.sqrt(d_in))
+  if name == "row":  # ColNorm(normalized=False): each torch column
+    return g / (np.linalg.norm(g, axis=0, keepdims=True) / np.sqrt(d_out))
+  raise ValueError(name)
+
+
+def scion(grad, w, steps, lr, beta, norms, radii, unconstrained=False):
+  """Pethick et al.'s Scion (LIONS-EPFL/scion, scion.py): buf <- (1 - a) buf
+  + a g with a = 1 - beta; update = radius * lmo(buf); if constrained
+  p <- (1 - lr) p; p <- p - lr * update. Conv kernels: NS on (out, in·k·k)
+  times sqrt(out / in) / k² (SpectralConv); dense: times sqrt(out / in)."""
+  alpha = 1 - beta
+  buf = [np.zeros_like(x) for x in w]
+  for t in range(steps):
+    g = grad(w, t)
+    buf = [(1 - alpha) * b + alpha * gi for b, gi in zip(buf, g)]
+    new = []
+    for wi, b, name, r in zip(w, buf, norms, radii):
+      if name == "spectral":
+        mat = _torch_matrix(b)
+        o = newton_schulz(mat, 5)
+        if wi.ndim == 2:
+          o = o * np.sqrt(mat.shape[0] / mat.shape[1])
+        else:  # (out, in, kh, kw)
+          o = o * np.sqrt(wi.shape[-1] / wi.shape[-2]) / np.prod(
+              wi.shape[:-2])
+        u = _from_torch_matrix(o, wi.shape)
+      elif wi.ndim == 1:
+        u = _scion_lmo(name, b)
+      else:
+        u = _from_torch_matrix(_scion_lmo(name, _torch_matrix(b)), wi.shape)
+      if not unconstrained:
+        wi = (1 - lr) * wi
+      new.append(wi - lr * r * u)
+    w = new
+  return w

@@ -17,17 +17,17 @@ NAMES = sorted(registry.ALIASES)
 DTYPES = ["float32", "bfloat16", "float16"]
 # Methods whose step is invariant to the gradient's scale.
 SCALE_FREE = {"sngm", "sngd", "block_sngm", "normalized_sgdm", "nigt", "lars",
-              "clars", "signum", "muon"}
+              "clars", "signum", "muon", "scion"}
 # Muon's bias goes through Adam: only its matrix "w" is scale-free. (LARS
 # and CLARS trust-ratio every leaf by default, the bias included.)
 MATRIX_ONLY = ("muon",)
 
-# Muon keeps its EMA momentum (before the orthogonalization) in the leaf
-# dtype, as the reference does: in float16 at 1e-4 it is subnormal, and a
+# Muon and Scion keep their EMA momentum (before the LMO) in the leaf
+# dtype, as the references do: in float16 at 1e-4 it is subnormal, and a
 # bfloat16 rounding of it moves the Newton-Schulz output by a few percent.
-# Its scale-freedom is checked in float32 (where it holds to 1e-5).
+# Their scale-freedom is checked in float32 (where it holds to 1e-5).
 _SCALE_CASES = [(n, d) for n in sorted(SCALE_FREE) for d in DTYPES
-                if n != "muon" or d == "float32"]
+                if n not in ("muon", "scion") or d == "float32"]
 
 EXPECTED = {
     "zero_grad": "finite; the step is exactly zero",

@@ -127,11 +127,14 @@ def test_l2_default_is_unchanged_by_the_norm_argument():
     np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]))
 
 
-def _quadratic(seed=0):
+_MUON_SHAPES = {"conv": (3, 3, 2, 4), "dense": (8, 3), "wide": (3, 8)}
+
+
+def _quadratic(seed=0, shapes=None):
   """A stochastic least-squares problem per leaf: the gradient at step t is
   S * (W - C) + N_t, the same formula on both sides."""
   rng = np.random.default_rng(seed)
-  shapes = {"conv": (3, 3, 2, 4), "dense": (8, 3), "wide": (3, 8)}
+  shapes = shapes or _MUON_SHAPES
   keys = sorted(shapes)
   s = [np.abs(rng.standard_normal(shapes[k])) + 0.5 for k in keys]
   c = [rng.standard_normal(shapes[k]) for k in keys]
@@ -144,11 +147,10 @@ def _quadratic(seed=0):
   return keys, w0, grad
 
 
-@pytest.mark.parametrize("nesterov", [True, False])
-def test_muon_matches_jordan_et_al_reference(nesterov):
-  keys, w0, grad = _quadratic()
+def _train_x64(tx, keys, w0, grad, steps=100):
+  """``steps`` jitted steps of ``tx`` in float64 on :func:`_quadratic`'s
+  problem; the params as a dict of NumPy arrays."""
   with jax.enable_x64(True):
-    tx = normopt.muon(0.02, beta=0.95, nesterov=nesterov, weight_decay=0.1)
     params = {k: jnp.asarray(w) for k, w in zip(keys, w0)}
     state = tx.init(params)
 
@@ -157,13 +159,93 @@ def test_muon_matches_jordan_et_al_reference(nesterov):
       u, state = tx.update(g, state, params)
       return optax.apply_updates(params, u), state
 
-    for t in range(100):
+    for t in range(steps):
       g = grad([np.asarray(params[k]) for k in keys], t)
       params, state = step(params, state, dict(zip(keys, map(jnp.asarray, g))))
+    return {k: np.asarray(v) for k, v in params.items()}
+
+
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_muon_matches_jordan_et_al_reference(nesterov):
+  keys, w0, grad = _quadratic()
+  with jax.enable_x64(True):
+    tx = normopt.muon(0.02, beta=0.95, nesterov=nesterov, weight_decay=0.1)
+    params = _train_x64(tx, keys, w0, grad)
     want = reference.muon(grad, w0, 100, 0.02, 0.95, 0.1, nesterov=nesterov)
   for k, w in zip(keys, want):
-    np.testing.assert_allclose(np.asarray(params[k]), w, rtol=1e-6,
-                               atol=1e-10, err_msg=k)
+    np.testing.assert_allclose(params[k], w, rtol=1e-6, atol=1e-10,
+                               err_msg=k)
+
+
+@pytest.mark.parametrize("setting", ["auto", "mixed"])
+def test_scion_matches_pethick_et_al_reference(setting):
+  """100 steps against the float64 reference written from the Scion code:
+  the default norms (spectral, SpectralConv, BiasRMS) constrained; and a
+  norm per layer (sign, col, row) with per-layer radii, unconstrained."""
+  # the Muon problem plus a bias and an embedding-like matrix
+  keys, w0, grad = _quadratic(3, _MUON_SHAPES | {"bias": (4,), "emb": (5, 6)})
+  if setting == "auto":
+    norms = {"bias": "rms", "conv": "spectral", "dense": "spectral",
+             "emb": "spectral", "wide": "spectral"}
+    radius, radii, unconstrained, kwargs = 1.0, [1.0] * 5, False, {}
+  else:
+    norms = {"bias": "rms", "conv": "spectral", "dense": "sign",
+             "emb": "row", "wide": "col"}
+    radius = {"bias": 2.0, "conv": 3.0, "dense": 50.0, "emb": 4.0,
+              "wide": 5.0}
+    radii, unconstrained = [radius[k] for k in keys], True
+    kwargs = {"norms": norms, "radius": radius, "unconstrained": True}
+  with jax.enable_x64(True):
+    params = _train_x64(normopt.scion(0.01, beta=0.9, **kwargs), keys, w0,
+                        grad)
+    want = reference.scion(grad, w0, 100, 0.01, 0.9,
+                           [norms[k] for k in keys], radii, unconstrained)
+  for k, w in zip(keys, want):
+    np.testing.assert_allclose(params[k], w, rtol=1e-6, atol=1e-10,
+                               err_msg=k)
+
+
+def test_scion_rejects_bad_norms_and_radii():
+  params = {"w": jnp.ones((4, 3)), "b": jnp.zeros(3)}
+  grads = {"w": jnp.ones((4, 3)), "b": jnp.ones(3)}
+  with pytest.raises(ValueError, match="unknown norm"):
+    tx = normopt.scion(0.1, norms={"w": "frobenius", "b": "rms"})
+    tx.update(grads, tx.init(params), params)
+  with pytest.raises(ValueError, match="radius"):
+    tx = normopt.scion(0.1, radius=-1.0)
+    tx.update(grads, tx.init(params), params)
+  with pytest.raises(ValueError, match="beta"):
+    normopt.scion(0.1, beta=1.0)
+
+
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_muon_bias_correction_switch_equals_optax_contrib_muon(nesterov):
+  """With bias_correction=True and optax's eps, normopt.muon takes
+  optax.contrib.muon's steps on matrices (float32, rtol 1e-5); without it
+  (the reference's momentum) early Nesterov steps differ."""
+  rng = np.random.default_rng(11)
+  params = {"a": jnp.asarray(rng.standard_normal((6, 4)), jnp.float32),
+            "b": jnp.asarray(rng.standard_normal((3, 7)), jnp.float32)}
+  mine = normopt.muon(0.02, beta=0.95, nesterov=nesterov, eps=1e-8,
+                      bias_correction=True)
+  theirs = optax.contrib.muon(0.02, beta=0.95, nesterov=nesterov)
+  plain = normopt.muon(0.02, beta=0.95, nesterov=nesterov)
+  states = [tx.init(params) for tx in (mine, theirs, plain)]
+  first_gap = None
+  for t in range(20):
+    g = jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape),
+                                           jnp.float32), params)
+    (u1, states[0]), (u2, states[1]), (u3, states[2]) = [
+        tx.update(g, s, params) for tx, s in zip((mine, theirs, plain),
+                                                  states)]
+    for k in params:
+      np.testing.assert_allclose(np.asarray(u1[k]), np.asarray(u2[k]),
+                                 rtol=1e-5, atol=1e-7, err_msg=f"{k} {t}")
+    if t == 1:
+      first_gap = max(float(jnp.max(jnp.abs(u3[k] - u2[k]))) for k in params)
+  # With Nesterov the reference's momentum weighs g and m differently at
+  # step 2; without it the correction is one scalar, which NS removes.
+  assert (first_gap > 1e-4) == nesterov
 
 
 def test_muon_sends_vectors_to_the_other_transformation():

@@ -171,6 +171,32 @@ def test_growing_batch_runs_and_caps(tmp_path):
   assert result["passes_per_epoch"] == 88
 
 
+def test_measured_growth_grows_the_batch_and_logs_it(tmp_path):
+  """--measured_growth: normopt.batch_growth with the noise scale measured
+  on every micro-batch; the batch in force, the optimizer steps and the
+  noise scale go to metrics.json each epoch."""
+  result = train.train_and_evaluate(train.Config(
+      dataset="digits", model="mlp", method="sngm", batch_size=8,
+      micro_batch=8, batch_growth=2, max_batch=64, measured_growth=True,
+      epochs=3, learning_rate=0.1, schedule="constant"), tmp_path)
+  assert result["test_accuracy"] > 0.5
+  batches = [h["batch_size"] for h in result["history"]]
+  assert batches == sorted(batches) and set(batches) <= {8, 16, 32, 64}
+  assert batches[-1] > 8  # the digits' noise scale is well above 8
+  steps = [h["optimizer_steps"] for h in result["history"]]
+  assert steps[-1] < 3 * result["passes_per_epoch"]
+  assert all(h["noise_scale"] > 0 for h in result["history"])
+  saved = json.loads((tmp_path / "metrics.json").read_text())
+  assert saved["history"][-1]["batch_size"] == batches[-1]
+  for bad in ({"schedule": "cosine"}, {"method": "clars"},
+              {"max_batch": None}):
+    with pytest.raises(ValueError, match="measured_growth"):
+      train.train_and_evaluate(train.Config(**{
+          "dataset": "digits", "model": "mlp", "batch_size": 8,
+          "micro_batch": 8, "max_batch": 64, "measured_growth": True,
+          "schedule": "constant", "epochs": 1} | bad))
+
+
 def test_bad_arguments_are_clear():
   with pytest.raises(ValueError, match="unknown method"):
     train.train_and_evaluate(train.Config(dataset="digits", model="mlp",

@@ -97,6 +97,14 @@ def candidates(params):
       "optax.sgd(nesterov)": (optax.sgd(LR * (1 - BETA), BETA, nesterov=True),
                               None, 5, {}),
       "nshb": (normopt.nshb(LR, beta=BETA), "optax.sgd(momentum)", 5, {}),
+      # steepest descent under other norms (matrices: Newton-Schulz matmuls,
+      # compute- rather than bandwidth-bound; the floor counts streams only)
+      "signum": (normopt.signum(LR, beta=BETA), "optax.signum", 5, {}),
+      "optax.signum": (optax.signum(LR, beta=BETA), None, 5, {}),
+      "muon": (normopt.muon(LR), "optax.contrib.muon", 6, {}),
+      "optax.contrib.muon": (optax.contrib.muon(LR), None, 6, {}),
+      "scion": (normopt.scion(LR, unconstrained=True), "optax.contrib.muon",
+                5, {}),
   }
 
 

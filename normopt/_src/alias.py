@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -718,12 +721,45 @@ def _scale_by_shape_factor() -> optax.GradientTransformation:
       lambda u, _: u * jnp.asarray(lmo.shape_factor(u), u.dtype))
 
 
+class BiasCorrectedMomentumState(NamedTuple):
+  """State of Muon's ``bias_correction=True`` momentum: the step count and
+  the (uncorrected) EMA of the gradients."""
+  count: jax.Array
+  mu: optax.Updates
+
+
+def _bias_corrected_momentum(beta: float, nesterov: bool
+                             ) -> optax.GradientTransformation:
+  """optax.contrib.scale_by_muon's momentum: the EMA ``m`` bias-corrected,
+  ``β m̂_{t+1} + (1-β) ĝ_t`` with Nesterov (``m̂``: divided by
+  ``1-β^{t+1}``, ``ĝ``: by ``1-β^t``), else ``m / (1-β^t)``."""
+  def init_fn(params):
+    return BiasCorrectedMomentumState(jnp.zeros((), jnp.int32),
+                                      optax.tree.zeros_like(params))
+
+  def update_fn(updates, state, params=None):
+    del params
+    mu = optax.tree.update_moment(updates, state.mu, beta, 1)
+    count = optax.safe_increment(state.count)
+    if nesterov:
+      out = jax.tree.map(
+          lambda m, g: beta * m + (1 - beta) * g,
+          optax.tree.bias_correction(mu, beta, optax.safe_increment(count)),
+          optax.tree.bias_correction(updates, beta, count))
+    else:
+      out = optax.tree.bias_correction(mu, beta, count)
+    return out, BiasCorrectedMomentumState(count, mu)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
 def muon(learning_rate: ScalarOrSchedule, *, beta: float = 0.95,
          nesterov: bool = True, weight_decay: float = 0.0,
          ns_steps: int = 5,
          ns_coeffs: tuple[float, float, float] = lmo.NS_COEFFS,
          eps: float = 0.0, mask: Mask = None,
          other: optax.GradientTransformation | None = None,
+         bias_correction: bool = False,
          axis_name: str | None = None) -> optax.GradientTransformation:
   r"""Muon: momentum orthogonalized by Newton-Schulz, on hidden matrices.
 
@@ -768,6 +804,9 @@ def muon(learning_rate: ScalarOrSchedule, *, beta: float = 0.95,
       weight_decay=weight_decay)`` computed in float32 whatever the leaf
       dtype, the reference's Adam settings at Muon's learning rate; pass
       your own for the reference's separate Adam rate).
+    bias_correction: bias-correct the momentum as
+      ``optax.contrib.scale_by_muon`` does (its momentum, for parity with
+      optax; the reference does not, so early steps differ).
     axis_name: orthogonalization needs each matrix whole, so a mapped axis
       over which the leaves are shards is refused with a ``ValueError``;
       gather the matrices first, or use ``jit`` with sharded arrays (GSPMD
@@ -795,8 +834,10 @@ def muon(learning_rate: ScalarOrSchedule, *, beta: float = 0.95,
   check_non_negative("learning_rate", learning_rate)
   check_in_range("beta", beta, 0.0, 1.0, high_inclusive=False)
   check_non_negative("weight_decay", weight_decay)
+  momentum = (_bias_corrected_momentum(beta, nesterov) if bias_correction
+              else heavy_ball(beta, ema=True, nesterov=nesterov))
   matrices = optax.chain(
-      heavy_ball(beta, ema=True, nesterov=nesterov),
+      momentum,
       normalize_per_block(norm="spectral", eps=eps, ns_steps=ns_steps,
                           ns_coeffs=ns_coeffs, axis_name=axis_name),
       _scale_by_shape_factor(),
@@ -816,3 +857,138 @@ def muon(learning_rate: ScalarOrSchedule, *, beta: float = 0.95,
 
   return optax.chain(_float_updates(), optax.multi_transform(
       {"muon": matrices, "other": other}, labels))
+
+
+def scion_norms(params):
+  """Scion's default ("Auto") norm per leaf: ``"spectral"`` for leaves with
+  two or more dimensions (dense and conv kernels), ``"rms"`` for the rest
+  (biases, scales; the reference's BiasRMS).
+
+  Args:
+    params: the params (any pytree of arrays).
+
+  Returns:
+    A tree like ``params`` of norm names for :func:`scion`.
+
+  Example:
+    >>> import jax.numpy as jnp, normopt
+    >>> normopt.scion_norms({'w': jnp.ones((3, 2)), 'b': jnp.ones(2)})
+    {'b': 'rms', 'w': 'spectral'}
+
+  References:
+    Pethick et al., *Training Deep Learning Models with Norm-Constrained
+    LMOs*, ICML 2025 (reference code ``LIONS-EPFL/scion``, ``Auto``).
+  """
+  return jax.tree.map(lambda p: "spectral" if jnp.ndim(p) >= 2 else "rms",
+                      params)
+
+
+def _scion_factor(name: str, shape: tuple[int, ...]) -> float:
+  """The reference's per-norm scale of the unit direction, Flax layout
+  (a kernel ``(..., d_in, d_out)``; ``K`` the product of a conv kernel's
+  spatial sizes): spectral ``sqrt(d_out/d_in)/K`` (Spectral, SpectralConv),
+  sign ``1/d_in`` (Sign), col ``1/sqrt(rows)`` (its RowNorm: each output
+  unit's column), row ``sqrt(cols)`` (its ColNorm: each input unit's row),
+  rms and l2 ``1`` (BiasRMS is the rms direction)."""
+  if name == "spectral":
+    return math.sqrt(shape[-1] / shape[-2]) / math.prod(shape[:-2])
+  if name == "sign":
+    return 1.0 / shape[-2] if len(shape) >= 2 else 1.0
+  if name == "col":
+    return 1.0 / math.sqrt(math.prod(shape[:-1]))
+  if name == "row":
+    return math.sqrt(shape[-1])
+  return 1.0
+
+
+def scion(learning_rate: ScalarOrSchedule, *, beta: float = 0.9,
+          norms=None, radius=1.0, unconstrained: bool = False,
+          ns_steps: int = 5,
+          ns_coeffs: tuple[float, float, float] = lmo.NS_COEFFS,
+          axis_name: str | None = None) -> optax.GradientTransformation:
+  r"""Scion: momentum through a norm-constrained LMO, a norm per layer.
+
+  For each leaf :math:`X_l` with norm :math:`\|\cdot\|_l` and radius
+  :math:`\rho_l`:
+
+  .. math::
+    d \leftarrow \beta d + (1 - \beta) g, \qquad
+    X_l \leftarrow (1 - \gamma) X_l - \gamma \rho_l\, s_l\, u_l(d_l)
+    \quad\text{(constrained; unconstrained: no } (1-\gamma)\text{)},
+
+  with :math:`u_l` the unit-norm steepest direction of
+  :func:`normalize_per_block` under the leaf's norm and :math:`s_l` the
+  reference's shape scale (Flax layout ``(..., d_in, d_out)``, ``K`` the
+  product of a conv kernel's spatial sizes): ``"spectral"``
+  :math:`\sqrt{d_{out}/d_{in}}/K` (Spectral / SpectralConv), ``"sign"``
+  :math:`1/d_{in}` (Sign), ``"col"`` :math:`1/\sqrt{\text{rows}}` (the
+  reference's RowNorm, per output unit), ``"row"``
+  :math:`\sqrt{\text{cols}}` (its ColNorm, per input unit), ``"rms"`` 1
+  (BiasRMS). Directions are exact at any gradient scale and computed in
+  float32 or wider; the reference's ``1e-8`` in its divisions is omitted.
+
+  Args:
+    learning_rate: γ, a constant or an optax schedule.
+    beta: momentum β in [0, 1); the reference's ``momentum`` is ``1 - β``
+      (its recipes use 0.1, i.e. β = 0.9).
+    norms: the norm of each leaf: a tree of names like the params or a
+      callable on the params (default :func:`scion_norms`).
+    radius: ρ, a number or a tree of numbers like the params (per layer
+      group: e.g. 50 for hidden matrices and 3000 for the head in the
+      reference's nanoGPT recipe).
+    unconstrained: drop the constrained variant's ``(1 - γ)`` shrinkage
+      (the reference's ``unconstrained``; default False, as there).
+    ns_steps: Newton-Schulz iterations of the spectral norm.
+    ns_coeffs: the iteration's ``(a, b, c)``.
+    axis_name: for norms that are sums over the leaf (``"rms"``,
+      ``"sign"``); the matrix norms refuse it (gather the matrices, or use
+      ``jit`` with sharded arrays).
+
+  Returns:
+    An ``optax.GradientTransformation``.
+
+  Example:
+    >>> import jax.numpy as jnp, normopt
+    >>> tx = normopt.scion(0.1, norms={'w': 'sign', 'b': 'rms'},
+    ...                    radius={'w': 2.0, 'b': 1.0}, unconstrained=True)
+    >>> w = {'w': jnp.ones((4, 3)), 'b': jnp.zeros(3)}
+    >>> u, _ = tx.update({'w': jnp.ones((4, 3)), 'b': jnp.ones(3)},
+    ...                  tx.init(w), w)
+    >>> round(float(u['w'][0, 0]), 6)  # -lr * radius * sign(d) / d_in
+    -0.05
+
+  References:
+    Pethick, Xie, Erdogan, Antonakopoulos, Silveti-Falls, Cevher,
+    *Training Deep Learning Models with Norm-Constrained LMOs*, ICML 2025,
+    arXiv 2502.07529, Alg. 1-2 and Table 1 (reference code
+    ``LIONS-EPFL/scion``).
+  """
+  check_non_negative("learning_rate", learning_rate)
+  check_in_range("beta", beta, 0.0, 1.0, high_inclusive=False)
+  chosen = scion_norms if norms is None else norms
+
+  def names_of(tree):
+    return chosen(tree) if callable(chosen) else chosen
+
+  def scale(updates, params=None):
+    del params
+    names = jax.tree.leaves(names_of(updates))
+    leaves, treedef = jax.tree.flatten(updates)
+    radii = ([radius] * len(leaves)
+             if jax.tree_util.treedef_is_leaf(jax.tree.structure(radius))
+             else treedef.flatten_up_to(radius))
+    for r in radii:
+      check_non_negative("radius", r)
+    return treedef.unflatten([
+        u * jnp.asarray(r * _scion_factor(n, u.shape), u.dtype)
+        for u, n, r in zip(leaves, names, radii)])
+
+  return optax.chain(
+      _float_updates(),
+      heavy_ball(beta, ema=True),
+      normalize_per_block(norm=names_of, ns_steps=ns_steps,
+                          ns_coeffs=ns_coeffs, axis_name=axis_name),
+      optax.stateless(scale),
+      optax.add_decayed_weights(0.0 if unconstrained else 1.0),
+      optax.scale_by_learning_rate(learning_rate),
+  )

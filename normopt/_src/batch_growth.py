@@ -268,6 +268,10 @@ def replay_schedule(state: BatchGrowthState):
     >>> schedule = normopt.replay_schedule(tx.init({'w': jnp.zeros(1)}))
     >>> int(schedule(100))
     1
+
+  References:
+    McCandlish, Kaplan, Amodei et al., *An Empirical Model of Large-Batch
+    Training*, 2018, https://arxiv.org/abs/1812.06162.
   """
   grown_at, ks = state.grown_at, state.accumulations
 
