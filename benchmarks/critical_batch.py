@@ -31,7 +31,7 @@ the final validation accuracy, judged by issue 23's rule
 (:func:`growth_verdicts`).
 
     python -m benchmarks.critical_batch          # 1 seed, batch 32/256/2048,
-                                                 # SNGM's growth: ~12 min
+                                                 # SNGM's growth: ~9 min
     python -m benchmarks.critical_batch --full   # 3 seeds, batch 32 to 8192,
                                                  # every method's growth
     python -m benchmarks.critical_batch --only growth --methods sngm
@@ -192,7 +192,10 @@ def noise_scale_at_target(summary: dict) -> float | None:
   """``B_simple`` at the target, from the chosen learning rate's runs: the
   sum of the ``tr(Σ)`` estimates over the checkpoints in the second half of
   the way to the target (step in [S/2, S]) over the sum of the ``‖G‖²``
-  estimates (McCandlish et al. average the two separately)."""
+  estimates (McCandlish et al. average the two separately); None where the
+  target was not reached."""
+  if not math.isfinite(summary["mean"]):
+    return None
   trace = grad_sq = 0.0
   for r in _chosen_runs(summary):
     steps = r["validation_steps"]
@@ -236,9 +239,11 @@ def fit_with_bootstrap(summaries: Sequence[dict], method: str,
 
 
 def learning_rate_exponent(summaries: Sequence[dict], method: str) -> dict:
-  """The chosen learning rate's power law in the batch size, ``lr ∝ B^p``:
-  ``p`` and its standard error (least squares in log-log)."""
-  cells = [s for s in summaries if s["method"] == method]
+  """The chosen learning rate's power law in the batch size, ``lr ∝ B^p``,
+  over the batch sizes where the target was reached: ``p`` and its
+  standard error (least squares in log-log)."""
+  cells = [s for s in summaries
+           if s["method"] == method and math.isfinite(s["mean"])]
   if len(cells) < 3:
     return {"exponent": None, "stderr": None}
   x = np.log([s["batch_size"] for s in cells])

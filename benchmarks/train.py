@@ -44,6 +44,7 @@ class Config:
   # LARS / CLARS: the trust ratio on every leaf (mask=True, the default);
   # False: the papers' exclusion of biases and norm params (mask=None)
   mask_all: bool = True
+  unconstrained: bool = False  # Scion: drop its (1 - lr) shrinkage
   noise_scale: bool = False  # track the gradient noise scale (logged per epoch)
   weight_decay: float = 1e-4
   schedule: str = "cosine"  # constant|cosine|polynomial|sqrt_decay|inverse_decay
@@ -80,10 +81,13 @@ _OPTAX_BASELINES = {
     "optax_lars": lambda c, lr: optax.lars(
         lr, weight_decay=c.weight_decay, trust_coefficient=c.trust_coefficient,
         momentum=c.beta),
+    "adamw": lambda c, lr: optax.adamw(lr, b1=c.beta,
+                                       weight_decay=c.weight_decay),
 }
 # normopt methods this example trains (adaptive NIGT needs a second gradient).
 _NORMOPT_METHODS = ("sngm", "sngd", "block_sngm", "lars", "clars", "lamb",
-                    "normalized_sgdm", "nigt", "qhm", "nshb", "snag")
+                    "normalized_sgdm", "nigt", "qhm", "nshb", "snag",
+                    "signum", "muon", "scion")
 
 
 def method_names() -> list[str]:

@@ -130,7 +130,9 @@ def batch_growth(
 
   Args:
     inner: the optimizer applied once per accumulated batch.
-    micro_batch: examples per call (per micro-batch), ``>= 2``.
+    micro_batch: examples per call (per micro-batch), ``>= 2``; under data
+      parallelism the global micro-batch, with the gradients and the
+      estimates averaged over the replicas before ``update``.
     max_batch: the largest batch, ``micro_batch`` times a power of
       ``growth``.
     growth: the factor ``k`` grows by, an integer ``>= 2``.
