@@ -248,4 +248,4 @@ def test_scale_free_whatever_the_compiler_sees(name, dtype, kind, how):
 
 def test_matrix_size():
   """The README reports this count."""
-  assert len(NAMES) * len(DTYPES) * len(INPUTS) == 504
+  assert len(NAMES) * len(DTYPES) * len(INPUTS) == 540

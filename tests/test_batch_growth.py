@@ -39,9 +39,10 @@ def _mlp_problem(n=16, d=5, h=6, k=3, seed=0, dtype=jnp.float64):
 
 def _example_grads(loss, params, b):
   """float64 per-example gradients as block lists (leaves order)."""
-  return [[np.asarray(g, np.float64) for g in jax.tree.leaves(jax.grad(loss)(
-      params, jax.tree.map(lambda a, i=i: a[i:i + 1], b)))]
-      for i in range(b[0].shape[0])]
+  per_example = jax.jit(jax.vmap(
+      lambda x, y: jax.grad(loss)(params, (x[None], y[None]))))(*b)
+  leaves = [np.asarray(g, np.float64) for g in jax.tree.leaves(per_example)]
+  return [[g[i] for g in leaves] for i in range(b[0].shape[0])]
 
 
 _METHODS = {
@@ -66,6 +67,7 @@ def test_accumulated_step_equals_concatenated_batch(name):
     def inner():
       return optax.chain(normopt.track_noise_scale(0.0), _METHODS[name]())
 
+    @jax.jit
     def extras(p, data):
       _, g, norms = normopt.per_example_block_norms(loss, p, data)
       _, _, est = normopt.gradient_noise_scale(loss, p, data)
@@ -74,6 +76,7 @@ def test_accumulated_step_equals_concatenated_batch(name):
     grown = normopt.batch_growth(inner(), micro_batch=b, max_batch=k * b,
                                  min_batch=k * b)
     whole = inner()
+    grown_update, whole_update = jax.jit(grown.update), jax.jit(whole.update)
     p_acc, s_acc = params, grown.init(params)
     p_one, s_one = params, whole.init(params)
     for step in range(2):
@@ -81,13 +84,13 @@ def test_accumulated_step_equals_concatenated_batch(name):
       for j in range(k):
         g, extra = extras(p_acc, jax.tree.map(
             lambda a, j=j: a[j * b:(j + 1) * b], data))
-        u, s_acc = grown.update(g, s_acc, p_acc, **extra)
+        u, s_acc = grown_update(g, s_acc, p_acc, **extra)
         if j < k - 1:
           assert all(float(jnp.max(jnp.abs(x))) == 0
                      for x in jax.tree.leaves(u))
       p_acc = optax.apply_updates(p_acc, u)
       g, extra = extras(p_one, data)
-      u, s_one = whole.update(g, s_one, p_one, **extra)
+      u, s_one = whole_update(g, s_one, p_one, **extra)
       expected = reference.noise_scale(_example_grads(loss, p_one, data))
       p_one = optax.apply_updates(p_one, u)
       chex.assert_trees_all_close(p_acc, p_one, rtol=1e-6, atol=1e-12)

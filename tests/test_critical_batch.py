@@ -185,7 +185,7 @@ def test_both_parts_end_to_end(tmp_path):
       "variants": variants}
   grown = critical_batch.run_growth(
       critical_batch.growth_variants(schemes, ["sngm"]), protocol, tmp_path,
-      epochs=2, target=0.6, checkpoint_ratio=1.3, **_TINY)
+      epochs=1, target=0.6, checkpoint_ratio=1.3, **_TINY)
   assert [s["scheme"] for s in grown] == ["fixed 8", "ramp x2 per epoch",
                                           "measured growth"]
   assert grown[0]["optimizer_steps"] > grown[2]["optimizer_steps"]

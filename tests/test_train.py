@@ -200,7 +200,7 @@ def test_measured_growth_grows_the_batch_and_logs_it(tmp_path):
 def test_bad_arguments_are_clear():
   with pytest.raises(ValueError, match="unknown method"):
     train.train_and_evaluate(train.Config(dataset="digits", model="mlp",
-                                          method="adamw", epochs=1))
+                                          method="adagrad", epochs=1))
   with pytest.raises(ValueError, match="batch_size"):
     train.train_and_evaluate(train.Config(dataset="digits", model="mlp",
                                           batch_size=10**6, epochs=1))
