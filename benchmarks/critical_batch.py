@@ -53,7 +53,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import configs, report, sweep, train
+from benchmarks import configs, large_batch, report, sweep, train
 
 CONFIG = configs.load("critical_batch")
 
@@ -72,6 +72,17 @@ def steps_to(checkpoints: Sequence[dict], key: str, target: float) -> float:
   ``target`` (inf if none does)."""
   return next((c["optimizer_step"] for c in checkpoints if c[key] >= target),
               math.inf)
+
+
+def _training_examples(config: dict) -> int:
+  """How many examples the shared config trains on (validation held out)."""
+  return len(train.load_data(train.Config(**config))[0].y_train)
+
+
+def _checkpoints(cfg: train.Config, examples: int, ratio: float) -> list[int]:
+  """:func:`checkpoint_steps` over every pass of a run of ``cfg``."""
+  return checkpoint_steps(train.make_plan(cfg, examples).steps * cfg.epochs,
+                          ratio)
 
 
 def _add_steps_to_target(records: Sequence[dict], target: float) -> None:
@@ -115,19 +126,17 @@ def run(variants: list[dict], batch_sizes: Sequence[int],
   :class:`benchmarks.train.Config` fields. Writes and returns the
   summaries (each also with ``b_simple``, the noise scale at the target),
   the fits and the learning-rate exponents by method."""
-  examples = len(train.load_data(train.Config(**config))[0].y_train)
+  examples = _training_examples(config)
   best: dict = {}
 
   def train_fn(*, learning_rates, seeds, method, batch_size, **fields):
-    per_epoch = examples // batch_size * batch_size
-    epochs = math.ceil(max_examples / per_epoch)
+    epochs = math.ceil(max_examples / (examples // batch_size * batch_size))
     cell = (method, batch_size)
+    cfg = train.Config(**config, **fields, method=method,
+                       batch_size=batch_size, epochs=epochs)
     records = train.train_population(
-        train.Config(**config, **fields, method=method, batch_size=batch_size,
-                     epochs=epochs),
-        learning_rates, seeds,
-        eval_at=checkpoint_steps(epochs * per_epoch // batch_size,
-                                 checkpoint_ratio),
+        cfg, learning_rates, seeds,
+        eval_at=_checkpoints(cfg, examples, checkpoint_ratio),
         until=stopper(target, len(seeds), margin, best.get(cell, math.inf)))
     _add_steps_to_target(records, target)
     for i in range(0, len(records), len(seeds)):
@@ -183,11 +192,6 @@ def _finite(tree):
   return tree
 
 
-def _chosen_runs(summary: dict) -> list[dict]:
-  return [r for r in summary["runs"]
-          if r["learning_rate"] == summary["learning_rate"]]
-
-
 def noise_scale_at_target(summary: dict) -> float | None:
   """``B_simple`` at the target, from the chosen learning rate's runs: the
   sum of the ``tr(Σ)`` estimates over the checkpoints in the second half of
@@ -197,7 +201,7 @@ def noise_scale_at_target(summary: dict) -> float | None:
   if not math.isfinite(summary["mean"]):
     return None
   trace = grad_sq = 0.0
-  for r in _chosen_runs(summary):
+  for r in sweep.chosen_runs(summary):
     steps = r["validation_steps"]
     for c in r["checkpoints"]:
       if steps / 2 <= c["step"] <= steps:
@@ -221,7 +225,7 @@ def fit_with_bootstrap(summaries: Sequence[dict], method: str,
   values and the bootstrap's std (0 with one seed)."""
   cells = sorted((s for s in summaries if s["method"] == method),
                  key=lambda s: s["batch_size"])
-  steps = {s["batch_size"]: [r["test_steps"] for r in _chosen_runs(s)]
+  steps = {s["batch_size"]: [r["test_steps"] for r in sweep.chosen_runs(s)]
            for s in cells}
   used = [b for b, v in steps.items() if np.isfinite(v).all()]
   result = {"batch_sizes": used, "seeds": min(map(len, steps.values())),
@@ -279,7 +283,7 @@ def plot(summaries: Sequence[dict], fits: dict, target: float,
     if noise:
       a.axvline(float(np.median(noise)), color=color, ls=":", lw=1)
     for s in cells:
-      for r in _chosen_runs(s)[:1]:
+      for r in sweep.chosen_runs(s)[:1]:
         acc = np.array([c["validation_accuracy"] for c in r["checkpoints"]])
         trace = np.array([c["trace"] for c in r["checkpoints"]])
         grad_sq = np.array([c["grad_sq"] for c in r["checkpoints"]])
@@ -373,13 +377,13 @@ def run_growth(variants: list[dict], protocol: sweep.Protocol, out: Path, *,
   constant learning rate tuned on the final validation accuracy; records
   the optimizer steps to ``target`` and in all. Writes ``growth.json`` and
   ``growth.png`` to ``out`` and returns the summaries."""
+  examples = _training_examples(config)
+
   def train_fn(*, learning_rates, seeds, **fields):
     cfg = train.Config(**config, **fields, epochs=epochs)
-    passes = train.make_plan(cfg, len(
-        train.load_data(cfg)[0].y_train)).steps * epochs
     records = train.train_population(
         cfg, learning_rates, seeds,
-        eval_at=checkpoint_steps(passes, checkpoint_ratio))
+        eval_at=_checkpoints(cfg, examples, checkpoint_ratio))
     _add_steps_to_target(records, target)
     for r in records:
       r["optimizer_steps"] = r["checkpoints"][-1]["optimizer_step"]
@@ -388,7 +392,7 @@ def run_growth(variants: list[dict], protocol: sweep.Protocol, out: Path, *,
   summaries = sweep.study(variants, [32], protocol, train_fn)
   for s, v in zip(summaries, variants):
     s["scheme"] = v["scheme"]
-    runs = _chosen_runs(s)
+    runs = sweep.chosen_runs(s)
     for key in ("optimizer_steps", "test_steps", "seconds"):
       s[key] = sweep.seed_mean(runs, key)
     if v["settings"].get("measured_growth"):
@@ -424,7 +428,7 @@ def growth_verdicts(summaries: Sequence[dict]) -> dict[str, str]:
     small = min(fixed, key=lambda s: s["settings"]["batch_size"])
     grown = grown[0]
     ramp = max(ramps, key=lambda s: s["score"])
-    seeds = len(_chosen_runs(grown))
+    seeds = len(sweep.chosen_runs(grown))
     fewer = 1 - grown["optimizer_steps"] / small["optimizer_steps"]
     as_accurate = (small["mean"] - grown["mean"]
                    <= max(small["std"], grown["std"]))
@@ -456,7 +460,7 @@ def plot_growth(summaries: Sequence[dict], target: float, path: Path) -> None:
                            squeeze=False)
   for ax, method in zip(axes[0], methods):
     for s in (s for s in summaries if s["method"] == method):
-      r = _chosen_runs(s)[0]
+      r = sweep.chosen_runs(s)[0]
       ax.plot([c["optimizer_step"] for c in r["checkpoints"]],
               [c["test_accuracy"] for c in r["checkpoints"]],
               label=f"{s['scheme']} (lr {s['learning_rate']:g})")
@@ -501,10 +505,7 @@ def main(argv=None) -> None:
   parser.add_argument("--out", default="runs/critical_batch")
   args = parser.parse_args(argv)
   sizes = CONFIG["full" if args.full else "quick"]
-  protocol = sweep.Protocol(grid_size=sizes["grid_size"],
-                            ratio=CONFIG["ratio"],
-                            max_widen=sizes["max_widen"],
-                            seeds=tuple(sizes["seeds"]))
+  protocol = large_batch.protocol(args.full, CONFIG)
   methods = args.methods or [v["method"] for v in CONFIG["variants"]]
   shared = CONFIG["train"] | ({} if args.train_subset is None
                               else {"train_subset": args.train_subset})
@@ -529,10 +530,8 @@ def main(argv=None) -> None:
     print()
     print(growth_table(grown))
     runs += sum(len(s["runs"]) for s in grown)
-  machine = report.provenance()
   print(f"\n{runs} runs in {time.perf_counter() - start:.0f}s on "
-        f"{machine['machine']} ({machine['device']}, jax {machine['jax']}, "
-        f"optax {machine['optax']}); results in {out}/")
+        f"{report.machine_line()}; results in {out}/")
 
 
 if __name__ == "__main__":

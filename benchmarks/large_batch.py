@@ -107,11 +107,9 @@ def main(argv=None) -> None:
       {s["method"] for s in summaries}):
     print()
     print(sweep.table(summaries, rows="label"))
-  machine = report.provenance()
   runs = sum(len(s["runs"]) for s in summaries)
   print(f"\n{runs} runs in {time.perf_counter() - start:.0f}s on "
-        f"{machine['machine']} ({machine['device']}, jax {machine['jax']}, "
-        f"optax {machine['optax']}); results in {out}/results.json, "
+        f"{report.machine_line()}; results in {out}/results.json, "
         f"summary.json, accuracy_vs_batch.png, curves.png")
 
 

@@ -30,6 +30,13 @@ def provenance() -> dict:
           "optax": optax.__version__, "normopt": normopt.__version__}
 
 
+def machine_line() -> str:
+  """The machine and versions, as the benchmarks' last printed line names
+  them."""
+  m = provenance()
+  return f"{m['machine']} ({m['device']}, jax {m['jax']}, optax {m['optax']})"
+
+
 def write_records(records: list[dict], out: Path) -> None:
   out.mkdir(parents=True, exist_ok=True)
   (out / "results.json").write_text(json.dumps(records, indent=2))
@@ -114,8 +121,7 @@ def plot_curves(summaries, path: Path, title: str) -> None:
   plt = _pyplot()
   fig, ax = plt.subplots(figsize=(6, 3.8))
   for i, s in enumerate(summaries):
-    runs = [r for r in s["runs"] if r["learning_rate"] == s["learning_rate"]]
-    for j, r in enumerate(runs):
+    for j, r in enumerate(sweep.chosen_runs(s)):
       ax.plot([h["epoch"] for h in r["history"]],
               [h["train_loss"] for h in r["history"]], color=f"C{i % 10}",
               alpha=0.8, label=None if j else

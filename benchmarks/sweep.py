@@ -261,6 +261,13 @@ def best_variants(summaries: Sequence[dict]) -> list[dict]:
   return list(best.values())
 
 
+def chosen_runs(summary: dict) -> list[dict]:
+  """A :func:`study` summary's runs at its chosen learning rate (one per
+  seed)."""
+  return [r for r in summary["runs"]
+          if r["learning_rate"] == summary["learning_rate"]]
+
+
 def as_tuned(summary: dict) -> Tuned:
   return Tuned(**{f.name: summary.get(f.name) for f in
                   dataclasses.fields(Tuned)})
