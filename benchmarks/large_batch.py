@@ -48,16 +48,27 @@ def variants(full: bool, methods=None, config: dict = CONFIG) -> list[dict]:
 
 
 def run(variants_: list[dict], batch_sizes, protocol_: sweep.Protocol,
-        out: Path, **config) -> list[dict]:
+        out: Path, *, objective: sweep.Objective = sweep.ACCURACY,
+        metric_fn=None, derive=None, title: str = "MNIST-1D",
+        curve: str = "train_loss", progress: bool = False, **config) -> list[dict]:
   """The protocol over ``variants_`` x ``batch_sizes``; ``config`` holds
-  :class:`benchmarks.train.Config` fields shared by every run (epochs,
-  num_samples, validation, train_subset). Writes the results to ``out``
-  and returns the summaries."""
+  :class:`benchmarks.train.Config` fields shared by every run (data set,
+  model, epochs, num_samples, validation, train_subset). ``objective``
+  says what to select on and report; ``metric_fn`` goes to
+  :func:`benchmarks.train.train_population` and ``derive(record)`` adds
+  fields to every record (both for the other workloads' metrics);
+  ``curves.png`` plots the history's ``curve`` at the chosen learning
+  rates; ``progress`` shows a bar per grid. Writes the results to
+  ``out`` (``results.json``, ``summary.json``, ``<metric>_vs_batch.png``,
+  ``curves.png``) and returns the summaries."""
   def train_fn(*, learning_rates, seeds, **fields):
-    return train.train_population(train.Config(**config, **fields),
-                                  learning_rates, seeds)
+    records = train.train_population(train.Config(**config, **fields),
+                                     learning_rates, seeds, progress,
+                                     metric_fn=metric_fn)
+    return [r | derive(r) for r in records] if derive else records
 
-  summaries = sweep.study(variants_, batch_sizes, protocol_, train_fn)
+  summaries = sweep.study(variants_, batch_sizes, protocol_, train_fn,
+                          objective=objective)
   out.mkdir(parents=True, exist_ok=True)
   report.write_records([r for s in summaries for r in s["runs"]], out)
   (out / "summary.json").write_text(json.dumps(
@@ -65,37 +76,58 @@ def run(variants_: list[dict], batch_sizes, protocol_: sweep.Protocol,
        "config": config, "provenance": report.provenance(),
        "summaries": [{k: v for k, v in s.items() if k != "runs"}
                      for s in summaries]}, indent=2))
-  report.plot_study(summaries, out / "accuracy_vs_batch.png")
+  metric = objective.report.removeprefix("test_")
+  report.plot_study(summaries, out / f"{metric}_vs_batch.png", title,
+                    objective)
   report.plot_curves(summaries, out / "curves.png",
-                     "training loss at the chosen learning rates")
+                     f"{curve.replace('_', ' ')} at the chosen learning "
+                     "rates", curve)
   return summaries
 
 
-def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--config", default="large_batch",
-                      help="a study in benchmarks/configs/ (default: the "
-                      "main command's)")
-  parser.add_argument("--full", action="store_true",
-                      help="5-point grids, 3 seeds, every variant")
+def parse_study(argv, description: str, full_help: str, out: str | None,
+                overrides: dict[str, tuple[type, str]], **extra):
+  """The flags every study shares (``--full``, ``--methods``,
+  ``--batch_sizes``, ``--out``), ``overrides`` (name -> (type, help)) of
+  shared config fields, and ``extra`` (name -> ``add_argument`` keywords).
+
+  Returns:
+    ``(args, overrides given)``.
+  """
+  parser = argparse.ArgumentParser(description=description)
+  parser.add_argument("--full", action="store_true", help=full_help)
   parser.add_argument("--methods", nargs="+", default=None,
                       help="only these methods' variants")
   parser.add_argument("--batch_sizes", nargs="+", type=int, default=None)
-  parser.add_argument("--epochs", type=int, default=None)
-  parser.add_argument("--num_samples", type=int, default=None,
-                      help="MNIST-1D samples to generate (80%% train)")
-  parser.add_argument("--validation", type=int, default=None,
-                      help="training examples held out to select on")
-  parser.add_argument("--train_subset", type=int, default=None,
-                      help="train on the first N examples only (smoke runs)")
-  parser.add_argument("--out", default=None,
-                      help="default: runs/<config>")
+  for name, keywords in extra.items():
+    parser.add_argument(f"--{name}", **keywords)
+  for name, (kind, help_) in overrides.items():
+    parser.add_argument(f"--{name}", type=kind, default=None, help=help_)
+  parser.add_argument("--out", default=out, help=f"default: {out}")
   args = parser.parse_args(argv)
+  return args, {k: getattr(args, k) for k in overrides
+                if getattr(args, k) is not None}
+
+
+def finished(runs: int, start: float, out: Path) -> str:
+  """The benchmarks' last printed line."""
+  return (f"{runs} runs in {time.perf_counter() - start:.0f}s on "
+          f"{report.machine_line()}; results in {out}/results.json")
+
+
+def main(argv=None) -> None:
+  args, overrides = parse_study(
+      argv, __doc__.splitlines()[0], "5-point grids, 3 seeds, every variant",
+      None, {"epochs": (int, None),
+             "num_samples": (int, "MNIST-1D samples to generate (80%% train)"),
+             "validation": (int, "training examples held out to select on"),
+             "train_subset": (int, "train on the first N examples only "
+                              "(smoke runs)")},
+      config={"default": "large_batch",
+              "help": "a study in benchmarks/configs/ (default: the main "
+              "command's)"})
   config = configs.load(args.config)
-  shared = config["train"] | {
-      k: getattr(args, k) for k in ("epochs", "num_samples", "validation",
-                                    "train_subset")
-      if getattr(args, k) is not None}
+  shared = config["train"] | overrides
   out = Path(args.out or f"runs/{args.config}")
   start = time.perf_counter()
   summaries = run(variants(args.full, args.methods, config),
@@ -108,9 +140,8 @@ def main(argv=None) -> None:
     print()
     print(sweep.table(summaries, rows="label"))
   runs = sum(len(s["runs"]) for s in summaries)
-  print(f"\n{runs} runs in {time.perf_counter() - start:.0f}s on "
-        f"{report.machine_line()}; results in {out}/results.json, "
-        f"summary.json, accuracy_vs_batch.png, curves.png")
+  print(f"\n{finished(runs, start, out)}, summary.json, "
+        "accuracy_vs_batch.png, curves.png")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,16 @@
 """Flax NNX models: an MLP, the 1-D CNN for MNIST-1D (convolutions as
-im2col matmuls, much faster than lax.conv for these shapes on CPU), and a
-ResNet-20-style CNN for 32x32 images."""
+im2col matmuls, much faster than lax.conv for these shapes on CPU), a
+ResNet-20-style CNN for 32x32 images, two byte-level language models (the
+SNGM paper's 2-layer LSTM and a small decoder-only transformer) and a
+DeepFM click-through model.
+
+Layers named ``embed`` and ``head`` are a model's input embeddings and
+output layer (``benchmarks.train`` keeps them out of Muon's
+orthogonalization, as Muon's reference does)."""
 
 from __future__ import annotations
+
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -129,9 +137,129 @@ class ResNet20(nnx.Module):
     return self.out(x.mean(axis=(1, 2)))
 
 
+class LSTM(nnx.Module):
+  """One LSTM layer over a sequence (gates i, f, g, o; forget bias 1),
+  scanned over time; the input projection is one matmul for all steps."""
+
+  def __init__(self, cin: int, width: int, *, rngs: nnx.Rngs):
+    self.inputs = nnx.Linear(cin, 4 * width, rngs=rngs)
+    self.recurrent = nnx.Linear(width, 4 * width, use_bias=False, rngs=rngs,
+                                kernel_init=nnx.initializers.orthogonal())
+    self.width = width
+
+  def __call__(self, x):  # (B, T, cin) -> (B, T, width)
+    projected = self.inputs(x).swapaxes(0, 1)  # (T, B, 4 width)
+    kernel = self.recurrent.kernel[...]
+
+    def step(carry, z):
+      h, c = carry
+      i, f, g, o = jnp.split(z + h @ kernel, 4, axis=-1)
+      c = jax.nn.sigmoid(f + 1.0) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+      h = jax.nn.sigmoid(o) * jnp.tanh(c)
+      return (h, c), h
+
+    zeros = jnp.zeros((x.shape[0], self.width), projected.dtype)
+    _, hs = jax.lax.scan(step, (zeros, zeros), projected)
+    return hs.swapaxes(0, 1)
+
+
+class LSTMLanguageModel(nnx.Module):
+  """Byte embedding, ``layers`` LSTM layers, a dense head over the bytes
+  (the SNGM paper's Table 6 model at CPU scale: width 64, no dropout)."""
+
+  def __init__(self, vocabulary: int, *, rngs: nnx.Rngs, width: int = 64,
+               layers: int = 2):
+    self.embed = nnx.Embed(vocabulary, width, rngs=rngs)
+    self.lstms = nnx.List([LSTM(width, width, rngs=rngs)
+                           for _ in range(layers)])
+    self.head = nnx.Linear(width, vocabulary, rngs=rngs)
+
+  def __call__(self, tokens):  # (B, T) int -> (B, T, vocabulary)
+    x = self.embed(tokens)
+    for lstm in self.lstms:
+      x = lstm(x)
+    return self.head(x)
+
+
+class _DecoderBlock(nnx.Module):
+  def __init__(self, width: int, heads: int, *, rngs: nnx.Rngs):
+    self.norm1 = nnx.LayerNorm(width, rngs=rngs)
+    self.attention = nnx.MultiHeadAttention(
+        heads, width, decode=False, rngs=rngs)
+    self.norm2 = nnx.LayerNorm(width, rngs=rngs)
+    self.up = nnx.Linear(width, 4 * width, rngs=rngs)
+    self.down = nnx.Linear(4 * width, width, rngs=rngs)
+
+  def __call__(self, x, mask):
+    x = x + self.attention(self.norm1(x), mask=mask)
+    return x + self.down(jax.nn.gelu(self.up(self.norm2(x))))
+
+
+class TransformerLanguageModel(nnx.Module):
+  """A decoder-only (causal, pre-LayerNorm) transformer over bytes with
+  learned positions."""
+
+  def __init__(self, vocabulary: int, length: int, *, rngs: nnx.Rngs,
+               width: int = 64, layers: int = 2, heads: int = 4):
+    self.embed = nnx.Embed(vocabulary, width, rngs=rngs)
+    self.positions = nnx.Param(
+        nnx.initializers.normal(0.02)(rngs.params(), (length, width)))
+    self.blocks = nnx.List([_DecoderBlock(width, heads, rngs=rngs)
+                            for _ in range(layers)])
+    self.norm = nnx.LayerNorm(width, rngs=rngs)
+    self.head = nnx.Linear(width, vocabulary, rngs=rngs)
+
+  def __call__(self, tokens):  # (B, T) int -> (B, T, vocabulary)
+    length = tokens.shape[1]
+    x = self.embed(tokens) + self.positions[:length]
+    mask = nnx.make_causal_mask(tokens)
+    for block in self.blocks:
+      x = block(x, mask)
+    return self.head(self.norm(x))
+
+
+class DeepFM(nnx.Module):
+  """DeepFM (Guo et al., 2017) on categorical fields whose ids index one
+  table: a first-order weight per id, factorization-machine pairwise terms
+  of ``factors``-dimensional id embeddings, and an MLP on the concatenated
+  embeddings, summed into one click logit. Returns ``(B, 2)`` logits
+  ``[0, z]``, so softmax cross-entropy is the logistic loss of ``z``."""
+
+  def __init__(self, fields: int, vocabulary: int, *, rngs: nnx.Rngs,
+               factors: int = 8, hidden: tuple[int, ...] = (64, 32)):
+    self.embed = nnx.Embed(vocabulary, factors, rngs=rngs,
+                           embedding_init=nnx.initializers.normal(0.01))
+    self.first_order = nnx.Embed(vocabulary, 1, rngs=rngs,
+                                 embedding_init=nnx.initializers.zeros)
+    sizes = (fields * factors, *hidden)
+    self.mlp = nnx.List([nnx.Linear(a, b, rngs=rngs)
+                         for a, b in itertools.pairwise(sizes)])
+    self.head = nnx.Linear(sizes[-1], 1, rngs=rngs)
+
+  def __call__(self, ids):  # (B, F) int -> (B, 2)
+    v = self.embed(ids)  # (B, F, k)
+    pairwise = 0.5 * jnp.sum(jnp.square(v.sum(1)) - jnp.square(v).sum(1), -1)
+    h = v.reshape(v.shape[0], -1)
+    for layer in self.mlp:
+      h = jax.nn.relu(layer(h))
+    z = self.first_order(ids)[..., 0].sum(1) + pairwise + self.head(h)[:, 0]
+    return jnp.stack([jnp.zeros_like(z), z], -1)
+
+
 def make(name: str, input_shape: tuple[int, ...], num_classes: int,
          seed: int) -> nnx.Module:
+  """The model ``name`` for inputs of ``input_shape`` (one example's) and
+  ``num_classes`` outputs (the vocabulary for the language models; the id
+  table size comes from :mod:`benchmarks.data` for DeepFM)."""
   rngs = nnx.Rngs(seed)
+  if name == "lstm":
+    return LSTMLanguageModel(num_classes, rngs=rngs)
+  if name == "transformer":
+    return TransformerLanguageModel(num_classes, input_shape[0], rngs=rngs)
+  if name == "deepfm":
+    from benchmarks import data
+    return DeepFM(input_shape[0], data.CLICK_FIELDS * data.CLICK_VOCABULARY,
+                  rngs=rngs)
   if name == "mlp":
     size = 1
     for s in input_shape:
@@ -151,4 +279,4 @@ def make(name: str, input_shape: tuple[int, ...], num_classes: int,
       raise ValueError(f"resnet20 needs (H, W, C) images, got {input_shape}")
     return ResNet20(num_classes, rngs=rngs, in_channels=input_shape[-1])
   raise ValueError(f"unknown model {name!r}; choose mlp, cnn1d, cnn1d_ln, "
-                   "resnet20")
+                   "resnet20, lstm, transformer, deepfm")

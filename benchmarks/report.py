@@ -74,12 +74,15 @@ def write_metrics(result: dict, workdir: Path) -> None:
   plt.close(fig)
 
 
-def plot_study(summaries, path: Path, title: str = "MNIST-1D") -> None:
-  """Two panels from ``benchmarks.sweep`` summaries: test accuracy (seed mean
-  ± std at the tuned learning rate) against batch size for each method's
-  best variant, and, at the largest batch, the seed-mean validation
-  accuracy of every variant over the whole grid it was tuned on (how
-  sensitive each is to its learning rate)."""
+def plot_study(summaries, path: Path, title: str = "MNIST-1D",
+               objective: sweep.Objective = sweep.ACCURACY) -> None:
+  """Two panels from ``benchmarks.sweep`` summaries: the reported value
+  (default test accuracy; seed mean ± std at the tuned learning rate)
+  against batch size for each method's best variant, and, at the largest
+  batch, the seed-mean validation value of every variant over the whole
+  grid it was tuned on (how sensitive each is to its learning rate)."""
+  scale = objective.scale
+  unit = " (%)" if objective.suffix == "%" else ""
   plt = _pyplot()
   fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8))
   best = sweep.best_variants(summaries)
@@ -87,11 +90,12 @@ def plot_study(summaries, path: Path, title: str = "MNIST-1D") -> None:
     rows = sorted((s for s in best if s["method"] == method),
                   key=lambda s: s["batch_size"])
     a.errorbar([s["batch_size"] for s in rows],
-               [100 * s["mean"] for s in rows],
-               yerr=[100 * s["std"] for s in rows], fmt="o-", capsize=3,
+               [scale * s["mean"] for s in rows],
+               yerr=[scale * s["std"] for s in rows], fmt="o-", capsize=3,
                label=method)
   batches = sorted({s["batch_size"] for s in summaries})
-  a.set(xscale="log", xlabel="batch size", ylabel="test accuracy (%)",
+  a.set(xscale="log", xlabel="batch size",
+        ylabel=objective.report.replace("_", " ") + unit,
         title=f"{title}: tuned learning rate, mean ± std")
   a.set_xticks(batches, [str(b) for b in batches])
   a.minorticks_off()
@@ -104,10 +108,10 @@ def plot_study(summaries, path: Path, title: str = "MNIST-1D") -> None:
     for r in s["runs"]:
       by_lr.setdefault(r["learning_rate"], []).append(r)
     lrs = sorted(by_lr)
-    b.plot(lrs, [100 * sweep.seed_mean(by_lr[lr]) for lr in lrs], "o-",
-           label=s["label"])
+    b.plot(lrs, [scale * sweep.seed_mean(by_lr[lr], objective.validation)
+                 for lr in lrs], "o-", label=s["label"])
   b.set(xscale="log", xlabel="peak learning rate",
-        ylabel="validation accuracy (%)",
+        ylabel=objective.validation.replace("_", " ") + unit,
         title=f"every grid point at batch {largest}")
   b.legend(fontsize=7)
   fig.tight_layout()
@@ -115,19 +119,58 @@ def plot_study(summaries, path: Path, title: str = "MNIST-1D") -> None:
   plt.close(fig)
 
 
-def plot_curves(summaries, path: Path, title: str) -> None:
-  """Training loss per epoch at each summary's chosen learning rate (every
-  seed, one colour per row of the table)."""
+def plot_curves(summaries, path: Path, title: str,
+                key: str = "train_loss") -> None:
+  """``key`` of the history (default the training loss) per epoch at each
+  summary's chosen learning rate (every seed, one colour per row of the
+  table)."""
   plt = _pyplot()
   fig, ax = plt.subplots(figsize=(6, 3.8))
   for i, s in enumerate(summaries):
     for j, r in enumerate(sweep.chosen_runs(s)):
       ax.plot([h["epoch"] for h in r["history"]],
-              [h["train_loss"] for h in r["history"]], color=f"C{i % 10}",
+              [h[key] for h in r["history"]], color=f"C{i % 10}",
               alpha=0.8, label=None if j else
               f"{s['label']} b={s['batch_size']} lr {s['learning_rate']:g}")
-  ax.set(xlabel="epoch", ylabel="train loss", yscale="log", title=title)
+  ax.set(xlabel="epoch", ylabel=key.replace("_", " "), yscale="log",
+         title=title)
   ax.legend(fontsize=6)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def plot_unit_balls(path: Path) -> None:
+  """The figure of the steepest-descent family (docs/primitives.md): for a
+  gradient g, the unit ball of each norm and the point of it farthest
+  along g (the LMO's answer; the step is minus it). The spectral panel is
+  drawn in the singular-value coordinates of a 2x2 matrix."""
+  import numpy as np
+  plt = _pyplot()
+  g = np.array([1.0, 0.35])
+  panels = [
+      ("ℓ2: sngm, block_sngm", "circle", g / np.linalg.norm(g)),
+      ("ℓ∞: signum (norm='sign')", "square", np.sign(g)),
+      ("spectral: muon (norm='spectral')\nsingular values σ1, σ2", "square",
+       np.ones(2))]
+  fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.6))
+  theta = np.linspace(0, 2 * np.pi, 200)
+  for ax, (title, ball, answer) in zip(axes, panels, strict=True):
+    if ball == "circle":
+      ax.plot(np.cos(theta), np.sin(theta), "k-")
+    else:
+      ax.plot([-1, 1, 1, -1, -1], [-1, -1, 1, 1, -1], "k-")
+    ax.annotate("", g, (0, 0), arrowprops={"arrowstyle": "->",
+                                           "color": "C0"})
+    ax.annotate("", answer, (0, 0), arrowprops={"arrowstyle": "->",
+                                                "color": "C3", "lw": 2})
+    ax.text(g[0] + 0.05, g[1] - 0.2, "g", color="C0")
+    ax.text(answer[0] + 0.05, answer[1] + 0.08, "LMO", color="C3")
+    ax.set(xlim=(-1.4, 1.4), ylim=(-1.4, 1.4), aspect="equal", title=title)
+    ax.axhline(0, color="0.85", lw=0.5)
+    ax.axvline(0, color="0.85", lw=0.5)
+  fig.suptitle("unit ball of each norm and argmax of <g, Δ> over it "
+               "(the step is −lr times it)")
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)

@@ -62,18 +62,50 @@ class Objective(NamedTuple):
     report: the record key whose seed mean ± std the tables report.
     tolerance: the score drop within which a learning rate counts towards
       the width.
+    higher_is_better: whether a larger reported value wins.
+    scale, digits, suffix: how a table prints the reported value
+      (``scale * value`` with ``digits`` decimals, then ``suffix``).
+    validation: the record key of the validation value the score is made
+      of (plotted over the grid).
   """
   score: Callable[[Sequence[dict]], float]
   report: str
   tolerance: float
+  higher_is_better: bool = True
+  scale: float = 100.0
+  digits: int = 2
+  suffix: str = "%"
+  validation: str = SCORE
+
+  def cell(self, mean: float, std: float) -> str:
+    return (f"{self.scale * mean:.{self.digits}f} ± "
+            f"{self.scale * std:.{self.digits}f}{self.suffix}")
 
 
 def _validation_accuracy(runs: Sequence[dict]) -> float:
   return seed_mean(runs)
 
 
+def _lowest_perplexity(runs: Sequence[dict]) -> float:
+  """Minus the log of the seed-mean validation perplexity (-inf when a
+  seed diverged)."""
+  value = seed_mean(runs, "val_perplexity")
+  return -math.log(value) if math.isfinite(value) else -math.inf
+
+
+def _validation_auc(runs: Sequence[dict]) -> float:
+  return seed_mean(runs, "validation_auc")
+
+
 # final accuracy: the seed-mean validation accuracy, width within 1 point
 ACCURACY = Objective(_validation_accuracy, REPORT, 0.01)
+# language models: validation perplexity, width within 2% of the best
+PERPLEXITY = Objective(_lowest_perplexity, "test_perplexity", 0.02,
+                       higher_is_better=False, scale=1.0, suffix="",
+                       validation="val_perplexity")
+# click-through: validation AUC, width within 0.005 of the best
+AUC = Objective(_validation_auc, "test_auc", 0.005, scale=1.0, digits=4,
+                suffix="", validation="validation_auc")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,13 +217,13 @@ def tune(evaluate: Callable[[list[float]], dict[float, list[dict]]],
                runs)
 
 
-def verdict(a: Tuned, b: Tuned) -> str:
+def verdict(a: Tuned, b: Tuned, higher_is_better: bool = True) -> str:
   """``"beats"``, ``"level"`` or ``"behind"``: a against b, by test mean,
   counting a gap no larger than the larger std as level."""
   gap = a.mean - b.mean
   if abs(gap) <= max(a.std, b.std):
     return "level"
-  return "beats" if gap > 0 else "behind"
+  return "beats" if (gap > 0) == higher_is_better else "behind"
 
 
 def start_for(starts: dict[str, float], batch_size: int) -> float:
@@ -273,11 +305,13 @@ def as_tuned(summary: dict) -> Tuned:
                   dataclasses.fields(Tuned)})
 
 
-def table(summaries: Sequence[dict], rows: str = "method") -> str:
-  """Markdown: test accuracy mean ± std (chosen learning rate, its width)
-  per row (``"method"``: best variant; ``"label"``: every variant) and
-  batch size; ``†`` marks a best learning rate on the grid's edge; the
-  last line names the leader at each batch and who is level with it."""
+def table(summaries: Sequence[dict], rows: str = "method",
+          objective: Objective = ACCURACY) -> str:
+  """Markdown: the reported value (default test accuracy) mean ± std
+  (chosen learning rate, its width) per row (``"method"``: best variant;
+  ``"label"``: every variant) and batch size; ``†`` marks a best learning
+  rate on the grid's edge; the last line names the leader at each batch
+  and who is level with it."""
   chosen = best_variants(summaries) if rows == "method" else list(summaries)
   batches = sorted({s["batch_size"] for s in chosen})
   names = list(dict.fromkeys(s[rows] for s in chosen))
@@ -294,7 +328,7 @@ def table(summaries: Sequence[dict], rows: str = "method") -> str:
         continue
       label = "" if rows == "label" or s["label"] == name else (
           f", {s['label']}")
-      cells.append(f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f}% "
+      cells.append(f"{objective.cell(s['mean'], s['std'])} "
                    f"(lr {s['learning_rate']:g}{'†' if s['on_edge'] else ''}"
                    f", width ×{s['width']:g}{label})")
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -306,7 +340,8 @@ def table(summaries: Sequence[dict], rows: str = "method") -> str:
   verdicts = []
   for b in batches:
     here = [s for s in chosen if s["batch_size"] == b]
-    lead = max(here, key=lambda s: s["mean"])
+    lead = (max if objective.higher_is_better else min)(
+        here, key=lambda s: s["mean"])
     level = [s[rows] for s in here if s is not lead
              and verdict(as_tuned(lead), as_tuned(s)) == "level"]
     verdicts.append(f"batch {b}: {lead[rows]} leads"

@@ -45,6 +45,9 @@ class Config:
   # False: the papers' exclusion of biases and norm params (mask=None)
   mask_all: bool = True
   unconstrained: bool = False  # Scion: drop its (1 - lr) shrinkage
+  # clip the gradient to this global norm before the method (the SNGM
+  # paper's momentum SGD on language models)
+  clip_norm: float | None = None
   noise_scale: bool = False  # track the gradient noise scale (logged per epoch)
   weight_decay: float = 1e-4
   schedule: str = "cosine"  # constant|cosine|polynomial|sqrt_decay|inverse_decay
@@ -107,10 +110,23 @@ def build_optimizer(name: str, config: Config, learning_rate):
   values = {**dataclasses.asdict(config), "momentum": config.beta}
   if name in ("lars", "clars"):
     values["mask"] = True if config.mask_all else None
+  if name == "muon":
+    values["mask"] = hidden_layers
   taken = inspect.signature(factory).parameters
   return factory(learning_rate=learning_rate,
                  **{k: v for k, v in values.items()
                     if k in taken and k != "learning_rate"})
+
+
+def hidden_layers(params):
+  """Muon's mask here: matrices and conv kernels, except the layers named
+  ``embed`` and ``head`` (input embeddings and output layer, which Muon's
+  reference leaves to AdamW) and leaves named ``bias`` (attention biases
+  are ``(heads, head_dim)`` matrices)."""
+  def hidden(path, leaf):
+    names = {str(getattr(k, "key", k)) for k in path}
+    return jnp.ndim(leaf) >= 2 and not names & {"embed", "head", "bias"}
+  return jax.tree_util.tree_map_with_path(hidden, params)
 
 
 class Plan(NamedTuple):
@@ -171,6 +187,8 @@ def make_optimizer(config: Config, plan: Plan, learning_rate=None):
     unit = make_schedule(dataclasses.replace(config, learning_rate=1.0), plan)
     schedule = lambda count: learning_rate * unit(count)  # noqa: E731
   tx = build_optimizer(config.method, config, schedule)
+  if config.clip_norm is not None:
+    tx = optax.chain(optax.clip_by_global_norm(config.clip_norm), tx)
   if config.noise_scale:
     tx = optax.chain(normopt.track_noise_scale(0.95), tx)
   if config.measured_growth:
@@ -272,9 +290,22 @@ def train_step(params, opt_state, batch, *, tx, loss_fn,
 def accuracy(params, opt_state, examples, *, apply_fn, igt: bool = False):
   """Accuracy on ``examples = (x, y)``; NIGT is evaluated at its true
   iterate."""
+  return scores(params, opt_state, examples, apply_fn=apply_fn,
+                igt=igt)["accuracy"]
+
+
+def scores(params, opt_state, examples, *, apply_fn, igt: bool = False,
+           logits: bool = False) -> dict:
+  """Accuracy and mean cross-entropy (``loss``, nats per target) on
+  ``examples = (x, y)`` from one forward pass (with ``logits``, also the
+  logits); NIGT is evaluated at its true iterate."""
   if igt:
     params = normopt.igt_true_params(params, opt_state)
-  return jnp.mean(jnp.argmax(apply_fn(params, examples[0]), -1) == examples[1])
+  out = apply_fn(params, examples[0])
+  result = {"accuracy": jnp.mean(jnp.argmax(out, -1) == examples[1]),
+            "loss": optax.softmax_cross_entropy_with_integer_labels(
+                out, examples[1]).mean()}
+  return result | ({"logits": out} if logits else {})
 
 
 def eval_step(params, opt_state, *, apply_fn, loss_fn, test, probe,
@@ -298,12 +329,19 @@ def _fsdp_sharding(mesh, shape) -> NamedSharding:
 def load_data(config: Config):
   """``(dataset, validation)``: the configured data set (its training part
   cut to ``train_subset``), and the last ``config.validation`` training
-  examples as an ``(x, y)`` pair held out of training (``None`` if 0)."""
+  examples as an ``(x, y)`` pair held out of training (``None`` if 0), or
+  the data set's own validation split where it has one."""
   dataset = data_lib.load(config.dataset, config.data_dir, config.num_samples)
   if config.train_subset is not None:
     k = config.train_subset
     dataset = dataset._replace(x_train=dataset.x_train[:k],
                                y_train=dataset.y_train[:k])
+  if dataset.x_validation is not None:
+    if config.validation:
+      raise ValueError(f"{config.dataset} has its own validation split; "
+                       "leave validation at 0")
+    return dataset, (jnp.asarray(dataset.x_validation),
+                     jnp.asarray(dataset.y_validation))
   k = config.validation
   if k == 0:
     return dataset, None
@@ -506,7 +544,8 @@ def train_population(config: Config, learning_rates, seeds,
                      progress: bool = False, *,
                      eval_at: Sequence[int] | None = None,
                      until: Callable[[np.ndarray, dict], bool] | None = None,
-                     ) -> list[dict]:
+                     metric_fn: Callable[[np.ndarray, np.ndarray], dict]
+                     | None = None) -> list[dict]:
   """Trains one copy of ``config`` per (learning rate, seed) pair at once.
 
   Every copy has its own initialization and data order (from its seed) and
@@ -530,17 +569,24 @@ def train_population(config: Config, learning_rates, seeds,
   ``config.measured_growth`` every pass measures the noise scale for
   :func:`normopt.batch_growth`.
 
+  Every record holds the final accuracy and mean cross-entropy
+  (``*_loss``) on the test and validation examples; the history holds the
+  training loss and the validation loss of every epoch.
+  ``metric_fn(logits, labels)`` (a dict of numbers, computed on the host,
+  e.g. scikit-learn's AUC) adds its keys, prefixed ``validation_`` and
+  ``test_``, from each copy's final logits.
+
   Returns:
     One record per copy (learning rates outer, seeds inner), like
     :func:`train_and_evaluate`'s result without params, telemetry and
-    per-epoch test accuracy (the history holds the training loss).
+    per-epoch test accuracy.
   """
   if config.parallel != "none" or config.noise_scale:
     raise ValueError("train_population trains on one device without "
                      "noise-scale tracking (measured_growth works)")
-  if eval_at is not None and not config.validation:
-    raise ValueError("eval_at needs validation examples")
   dataset, validation = load_data(config)
+  if eval_at is not None and validation is None:
+    raise ValueError("eval_at needs validation examples")
   plan = make_plan(config, len(dataset.y_train))
   members = [(float(lr), int(seed)) for lr in learning_rates for seed in seeds]
   if not members:
@@ -564,19 +610,23 @@ def train_population(config: Config, learning_rates, seeds,
   steps, batch = plan.steps, plan.pass_batch
   is_igt = config.method == "nigt"
 
-  def evaluate(params, opt_state):
-    held_out = {"test_accuracy": test} | (
-        {} if validation is None else {"validation_accuracy": validation})
-    return {name: accuracy(params, opt_state, examples, apply_fn=apply_fn,
-                           igt=is_igt)
-            for name, examples in held_out.items()}
+  held_out = {"test": test} | (
+      {} if validation is None else {"validation": validation})
+
+  def evaluate(params, opt_state, logits=False):
+    return {f"{split}_{name}": value
+            for split, examples in held_out.items()
+            for name, value in scores(params, opt_state, examples,
+                                      apply_fn=apply_fn, igt=is_igt,
+                                      logits=logits).items()}
 
   probe = (x_train[:NOISE_PROBE], y_train[:NOISE_PROBE])
 
   def checkpoint(params, opt_state, passes):
     _, _, estimate = normopt.gradient_noise_scale(
         lambda p, b, *pr: loss_fn(p, *b, *pr), params, probe, probed=probed)
-    return evaluate(params, opt_state) | {
+    return {k: v for k, v in evaluate(params, opt_state).items()
+            if k.endswith("accuracy")} | {
         "trace": estimate.trace, "grad_sq": estimate.grad_sq,
         "optimizer_step": optimizer_steps(opt_state, passes).astype(
             jnp.float32)}
@@ -610,11 +660,13 @@ def train_population(config: Config, learning_rates, seeds,
     return params, opt_state, jnp.mean(losses), values
 
   run_epoch = jax.jit(jax.vmap(epoch, in_axes=(0, 0, 0, 0, None)))
+  validation_loss = jax.jit(jax.vmap(lambda p, s: scores(
+      p, s, validation, apply_fn=apply_fn, igt=is_igt)["loss"]))
   opt_state = jax.jit(jax.vmap(
       lambda p, peak: make_optimizer(config, plan, peak).init(p)))(
           params, peaks)
   start = time.perf_counter()
-  losses = []
+  losses, validation_losses = [], []
   checkpoints: dict[str, list[np.ndarray]] = {}
   reached: list[int] = []
   epochs = range(config.epochs)
@@ -627,6 +679,8 @@ def train_population(config: Config, learning_rates, seeds,
     params, opt_state, loss, values = run_epoch(params, opt_state, subkeys,
                                                 peaks, e * steps)
     losses.append(np.asarray(loss))
+    if validation is not None:
+      validation_losses.append(np.asarray(validation_loss(params, opt_state)))
     if eval_at is None:
       continue
     here = [s for s in sorted(eval_at) if e * steps < s <= (e + 1) * steps]
@@ -637,18 +691,27 @@ def train_population(config: Config, learning_rates, seeds,
     if until is not None and until(np.asarray(reached), {
         k: np.concatenate(v, axis=1) for k, v in checkpoints.items()}):
       break
-  scores = jax.device_get(jax.jit(jax.vmap(evaluate))(params, opt_state))
+  final = jax.device_get(jax.jit(jax.vmap(functools.partial(
+      evaluate, logits=metric_fn is not None)))(params, opt_state))
   seconds = time.perf_counter() - start
   checkpoints = {k: np.concatenate(v, axis=1) for k, v in checkpoints.items()}
   records = []
   for i, (lr, seed) in enumerate(members):
     record = {**dataclasses.asdict(config), "learning_rate": lr, "seed": seed,
-              **{name: float(value[i]) for name, value in scores.items()},
+              **{name: float(value[i]) for name, value in final.items()
+                 if not name.endswith("logits")},
               "final_train_loss": float(losses[-1][i]),
               "seconds": seconds / len(members), "passes_per_epoch": steps,
               "epochs_trained": len(losses),
               "history": [{"epoch": e + 1, "train_loss": float(loss[i])}
+                          | ({} if validation is None else
+                             {"validation_loss": float(
+                                 validation_losses[e][i])})
                           for e, loss in enumerate(losses)]}
+    if metric_fn is not None:
+      for split, (_, labels) in held_out.items():
+        record.update({f"{split}_{k}": float(v) for k, v in metric_fn(
+            final[f"{split}_logits"][i], np.asarray(labels)).items()})
     if config.measured_growth:
       record["final_batch"] = int(opt_state.accumulation[i]) * (
           config.micro_batch)

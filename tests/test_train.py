@@ -321,3 +321,9 @@ def test_compile_time_smoke(tmp_path, capsys):
   optax_lars = next(r for r in rows if r["method"] == "optax.lars")
   assert lars["vs_optax"] == lars["total_s"] / optax_lars["total_s"]
   assert "| lamb |" in capsys.readouterr().out
+
+
+def test_unit_ball_figure(tmp_path):
+  from benchmarks import report
+  report.plot_unit_balls(tmp_path / "balls.png")
+  assert (tmp_path / "balls.png").stat().st_size > 1000
