@@ -11,7 +11,7 @@ trained with momentum SGD, AdamW, LARS, LAMB and SNGM, every one tuned by
 :mod:`benchmarks.sweep`'s protocol on validation AUC (scikit-learn's
 ``roc_auc_score``, a run with non-finite logits scores 0.5).
 
-    python -m benchmarks.ctr --out DIR          # 1 seed: ~5 min
+    python -m benchmarks.ctr --out DIR          # 1 seed: ~2.5 min
     python -m benchmarks.ctr --full --out DIR   # 3 seeds
     python -m benchmarks.ctr --full --weight_decay 0 --out DIR
 

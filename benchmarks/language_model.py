@@ -12,7 +12,7 @@ and today's users'). Momentum SGD (clipped), SNGM, LARS and AdamW
 transformer), every one tuned by :mod:`benchmarks.sweep`'s protocol on
 validation perplexity, with equal bytes seen at each batch size.
 
-    python -m benchmarks.language_model --out DIR          # 1 seed: ~8 min
+    python -m benchmarks.language_model --out DIR          # 1 seed: ~6 min
     python -m benchmarks.language_model --full --out DIR   # 3 seeds, all
                                                            # methods
 
