@@ -657,11 +657,13 @@ def train_population(config: Config, learning_rates, seeds,
     (params, opt_state), (losses, values) = jax.lax.scan(
         step, (params, opt_state), (jnp.arange(steps), order.reshape(
             steps, batch)))
+    if validation is not None:  # in the same program: no extra compile
+      values = values | {"epoch_validation_loss": scores(
+          params, opt_state, validation, apply_fn=apply_fn,
+          igt=is_igt)["loss"]}
     return params, opt_state, jnp.mean(losses), values
 
   run_epoch = jax.jit(jax.vmap(epoch, in_axes=(0, 0, 0, 0, None)))
-  validation_loss = jax.jit(jax.vmap(lambda p, s: scores(
-      p, s, validation, apply_fn=apply_fn, igt=is_igt)["loss"]))
   opt_state = jax.jit(jax.vmap(
       lambda p, peak: make_optimizer(config, plan, peak).init(p)))(
           params, peaks)
@@ -680,7 +682,7 @@ def train_population(config: Config, learning_rates, seeds,
                                                 peaks, e * steps)
     losses.append(np.asarray(loss))
     if validation is not None:
-      validation_losses.append(np.asarray(validation_loss(params, opt_state)))
+      validation_losses.append(np.asarray(values.pop("epoch_validation_loss")))
     if eval_at is None:
       continue
     here = [s for s in sorted(eval_at) if e * steps < s <= (e + 1) * steps]
