@@ -52,11 +52,15 @@ def perplexities(corpus: dict, unigram: float):
 
 def run(full: bool, out: Path, models=None, methods=None, batch_sizes=None,
         **overrides) -> dict[str, list[dict]]:
-  """The study for each model; returns the summaries by model."""
+  """The study for each model (and ``corpus.json``, the corpus's
+  fingerprint); returns the summaries by model."""
   shared = CONFIG["train"] | overrides
   dataset = data.python_source(shared["num_samples"])
   unigram = data.unigram_perplexity(dataset.y_train, dataset.y_validation)
-  derive = perplexities(data.corpus_info(), unigram)
+  corpus = data.corpus_info()
+  out.mkdir(parents=True, exist_ok=True)
+  (out / "corpus.json").write_text(json.dumps(corpus, indent=2))
+  derive = perplexities(corpus, unigram)
   protocol = large_batch.protocol(full, CONFIG)
   chosen = large_batch.variants(full, methods, CONFIG)
   results = {}
@@ -88,7 +92,6 @@ def main(argv=None) -> None:
     print(f"\n{model}: test perplexity per byte, mean ± std over seeds "
           f"(unigram {summaries[0]['runs'][0]['unigram_perplexity']:.2f})")
     print(sweep.table(summaries, objective=sweep.PERPLEXITY))
-  (out / "corpus.json").write_text(json.dumps(data.corpus_info(), indent=2))
   print("\n" + large_batch.finished(
       sum(len(s["runs"]) for v in results.values() for s in v), start, out))
 

@@ -123,10 +123,11 @@ def hidden_layers(params):
   ``embed`` and ``head`` (input embeddings and output layer, which Muon's
   reference leaves to AdamW) and leaves named ``bias`` (attention biases
   are ``(heads, head_dim)`` matrices)."""
-  def hidden(path, leaf):
+  def hidden(path, is_matrix):
     names = {str(getattr(k, "key", k)) for k in path}
-    return jnp.ndim(leaf) >= 2 and not names & {"embed", "head", "bias"}
-  return jax.tree_util.tree_map_with_path(hidden, params)
+    return is_matrix and not names & {"embed", "head", "bias"}
+  return jax.tree_util.tree_map_with_path(hidden,
+                                          normopt.hidden_matrices(params))
 
 
 class Plan(NamedTuple):

@@ -196,6 +196,8 @@ def test_language_model_benchmark_end_to_end(tmp_path, monkeypatch, capsys):
   for model in ("lstm", "transformer"):
     assert (tmp_path / model / "perplexity_vs_batch.png").exists()
     assert (tmp_path / model / "curves.png").exists()
+  assert json.loads((tmp_path / "corpus.json").read_text()) == (
+      data.corpus_info())
   assert "test perplexity per byte" in capsys.readouterr().out
 
 
