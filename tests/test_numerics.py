@@ -73,6 +73,50 @@ def test_block_norms_groups_and_mixed_rescue():
                              rtol=1e-6)
 
 
+def _exact_block_norms(leaves, groups):
+  """float64 NumPy reference: each block's norm, scaled by its maximum."""
+  out = []
+  for g in groups:
+    x = np.concatenate([np.asarray(leaves[i], np.float64).ravel() for i in g])
+    top = np.abs(x).max(initial=0.0)
+    out.append(0.0 if top == 0 else top * np.sqrt(np.sum(np.square(x / top))))
+  return np.asarray(out)
+
+
+@pytest.mark.parametrize("how", ["argument", "closed_over", "computed_inside"])
+def test_many_blocks_mixed_magnitudes_three_ways(how):
+  # 21 blocks (several lax.cond chunks), some of two leaves, magnitudes
+  # from 1e-36 to 1e37 and zero side by side: every block exact, whether
+  # XLA sees the leaves as arguments, as constants or as computed values.
+  rng = np.random.default_rng(1)
+  scales = [1.0, 1e30, 1e-30, 0.0, 1e37, 1e-36, 1e-25, 3e19]
+  base = [rng.standard_normal((5, 3)) for _ in range(24)]
+  factors = np.asarray([scales[i % len(scales)] for i in range(24)], np.float32)
+  leaves = [jnp.asarray(b * f, jnp.float32) for b, f in zip(base, factors)]
+  groups = [[i] for i in range(18)] + [[18, 19], [20, 21], [22, 23]]
+  expected = _exact_block_norms(leaves, groups)
+  if how == "argument":
+    got = jax.jit(lambda xs: numerics.block_norms(xs, groups))(leaves)
+  elif how == "closed_over":
+    got = jax.jit(lambda: numerics.block_norms(leaves, groups))()
+  else:
+    unit = [jnp.asarray(b, jnp.float32) for b in base]
+    got = jax.jit(lambda xs, f: numerics.block_norms(
+        [x * f[i] for i, x in enumerate(xs)], groups))(unit, factors)
+    expected = _exact_block_norms(
+        [np.float32(u) * f for u, f in zip(np.asarray(unit), factors)], groups)
+  np.testing.assert_allclose(np.asarray(got, np.float64), expected,
+                             rtol=1e-5, atol=0)
+
+
+def test_float64_extremes_under_x64():
+  with jax.enable_x64(True):
+    x = np.asarray([3.0, 4.0])
+    for scale in (1e300, 1e-300, 1.0):
+      norm = jax.jit(numerics.global_norm)([jnp.asarray(x * scale)])
+      assert float(norm) == pytest.approx(5.0 * scale, rel=1e-14)
+
+
 def test_nan_propagates():
   assert np.isnan(float(numerics.global_norm([jnp.array([1.0, jnp.nan])])))
 

@@ -1,20 +1,29 @@
 """Zero-safe, overflow-safe norms accumulated in float32 or wider.
 
-Every reduction in normopt goes through :func:`block_norms`:
+Every block norm in normopt goes through :func:`block_norms`:
 
 * the squared norm of each leaf is accumulated in ``promote(leaf.dtype, f32)``
   (float32 for bf16/f16/f32 leaves, float64 for f64 leaves under x64);
 * the fast sum of squares is used unless it overflows to ``inf`` or is so
   small that squares flushed to zero (subnormals) could change it by more
   than a rounding error (below ``n * tiny / eps`` for ``n`` terms, about
-  ``1e-31 n`` in float32); only then a ``lax.cond`` takes
-  the rescue branch, which multiplies every block by ``2^-e``, the power of
-  two of its largest magnitude (exact), behind
-  ``jax.lax.optimization_barrier`` so that XLA's simplifier cannot fold the
-  scale back out of the sum (it did, for closed-over constants). Gradients
-  scaled by 1e30 or 1e-30 therefore give exact norms whether they are jit
-  arguments, constants or computed inside jit, and the common case pays for
-  one pass over the data;
+  ``1e-31 n`` in float32). Only then a ``lax.cond`` (one per 8 blocks) takes
+  the rescue branch, which computes in one pass three sums of squares of
+  each block, of ``x``, of ``x 2^-k`` and of ``x 2^k`` (``k`` = 100 in
+  float32, 800 in float64; multiplying by a power of two is exact), and
+  picks the one that neither overflowed nor underflowed. Gradients scaled
+  by 1e30 or 1e-30 therefore give exact norms whether they are jit
+  arguments, constants or computed inside jit (the scales sit behind
+  ``jax.lax.optimization_barrier``, so XLA's simplifier cannot fold
+  ``(x 2^k)²`` into ``x² 4^k``, which overflows; an earlier rescue that
+  divided by the block maximum returned NaN for closed-over constants),
+  and the common case pays for one pass over the data;
+* the per-leaf and per-chunk work are small jitted functions, cached per
+  shape and dtype: a tree of thousands of leaves of a few shapes is traced
+  once per shape, and XLA on CPU compiles the identical kernels once. (A
+  vector of norms indexed per leaf cost about 5 ms of compile per leaf,
+  one ``lax.cond`` per block about 4 ms; see the compile-time section of
+  benchmarks/README.md);
 * a zero block has norm exactly zero and dividing by it is never done:
   :func:`divide_by_norm` divides by one instead.
 """
@@ -26,7 +35,6 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 Groups = Sequence[Sequence[int]]
 
@@ -91,33 +99,6 @@ def pow2_rescale(x: jax.Array, e: jax.Array) -> jax.Array:
   return jax.lax.optimization_barrier(x * scale)
 
 
-def _rescued_norms(leaves, groups: Groups, dtype, axis_name) -> jax.Array:
-  """Exact block norms ``2^e sqrt(Σ (x 2^{-e})²)``, ``e`` the exponent of
-  each block's largest magnitude, as one vector.
-
-  All grouped leaves are raveled into one vector with a segment id per
-  block, so this compiles to a few loops whatever the number of leaves (a
-  reduction per leaf doubled the compile time of every method).
-  """
-  members = [(k, i) for k, g in enumerate(groups) for i in g]
-  flat = jnp.concatenate([jnp.ravel(leaves[i]).astype(dtype)
-                          for _, i in members])
-  segments = np.repeat(np.asarray([k for k, _ in members], np.int32),
-                       [leaves[i].size for _, i in members])
-  num = len(groups)
-  block_max = jnp.maximum(jax.ops.segment_max(
-      jnp.abs(flat), segments, num, indices_are_sorted=True), 0)
-  if axis_name is not None:
-    block_max = jax.lax.pmax(block_max, axis_name)
-  e = pow2_exponent(block_max)
-  scaled = pow2_rescale(flat, e[segments])
-  sums = jax.ops.segment_sum(jnp.square(scaled), segments, num,
-                             indices_are_sorted=True)
-  if axis_name is not None:
-    sums = jax.lax.psum(sums, axis_name)
-  return jnp.ldexp(jnp.sqrt(sums), e)
-
-
 def underflow_threshold(dtype, sizes):
   """Below this a sum of squares of ``sizes`` terms may have lost precision.
 
@@ -128,6 +109,76 @@ def underflow_threshold(dtype, sizes):
   """
   info = jnp.finfo(dtype)
   return sizes * (float(info.tiny) / float(info.eps))
+
+
+def _scale_exponent(dtype) -> int:
+  """``k`` of the scaled sums: 100 for float32, 800 for float64.
+
+  ``2^±k`` are normal numbers; the up-scaled sum of a block whose plain sum
+  is below the underflow threshold stays finite, and the down-scaled sum of
+  an overflowing block loses less than a rounding error to flushed squares,
+  for blocks of up to 2^30 elements.
+  """
+  return jnp.finfo(dtype).maxexp * 25 // 32
+
+
+@functools.partial(jax.jit, static_argnames="dtype")
+def _scaled_square_sums(x: jax.Array, dtype) -> jax.Array:
+  """``[Σx², Σ(x 2^-k)², Σ(x 2^k)²]`` of one leaf in ``dtype``, one pass."""
+  k = _scale_exponent(dtype)
+  # The barrier hides the scales' values from XLA's simplifier, which would
+  # otherwise fold (x 2^k)² into x² 4^k = x² inf (0 * inf = NaN for a zero).
+  scales = jax.lax.optimization_barrier(
+      jnp.asarray([1.0, 2.0 ** -k, 2.0 ** k], dtype))
+  scaled = x.astype(dtype)[None] * scales.reshape((3,) + (1,) * x.ndim)
+  return jnp.sum(jnp.square(scaled), axis=tuple(range(1, x.ndim + 1)))
+
+
+@functools.partial(jax.jit, static_argnames="size")
+def _norm_from_sums(sums: jax.Array, size: int) -> jax.Array:
+  """The norm of a block from its three sums (see the module docstring)."""
+  k = _scale_exponent(sums.dtype)
+  plain = sums[0]
+  finite = jnp.isfinite(plain)
+  under = plain < underflow_threshold(sums.dtype, size)
+  chosen = jnp.where(finite, jnp.where(under, sums[2], plain), sums[1])
+  factor = jnp.where(finite, jnp.where(under, 2.0 ** -k, 1.0), 2.0 ** k)
+  return jnp.sqrt(chosen) * factor.astype(sums.dtype)
+
+
+@functools.partial(jax.jit, static_argnames="dtype")
+def _square_sum(x: jax.Array, dtype) -> jax.Array:
+  """``Σx²`` of one leaf, accumulated in ``dtype``."""
+  return jnp.sum(jnp.square(x.astype(dtype)))
+
+
+@functools.partial(jax.jit, static_argnames=("sizes", "axis_name"))
+def _checked_norms(sq: tuple, blocks: tuple, sizes: tuple, axis_name):
+  """``sqrt`` of each squared norm in ``sq``, or, where any of them
+  overflowed or may have underflowed (one ``lax.cond``), the norms from the
+  three scaled sums of each block's leaves."""
+  dtype = sq[0].dtype
+  bad = functools.reduce(jnp.logical_or, [
+      ~jnp.isfinite(s) | (s < underflow_threshold(dtype, n))
+      for s, n in zip(sq, sizes)])
+
+  def rescue():
+    sums = [_scaled_square_sums(block[0] if len(block) == 1 else
+                                jnp.concatenate([jnp.ravel(x).astype(dtype)
+                                                 for x in block]), dtype)
+            for block in blocks]
+    if axis_name is not None:
+      sums = jax.lax.psum(sums, axis_name)
+    return tuple(_norm_from_sums(s, n) for s, n in zip(sums, sizes))
+
+  return jax.lax.cond(bad, rescue, lambda: tuple(jnp.sqrt(s) for s in sq))
+
+
+# Blocks checked by one lax.cond. One cond per block cost about 4 ms of XLA
+# CPU compile each; 8 blocks per cond compiled 1.6x faster at 1000 leaves,
+# and larger chunks gained nothing (while repeating less often, so fewer of
+# their kernels are identical).
+_CHUNK = 8
 
 
 def block_norms(leaves, groups: Groups, axis_name=None) -> list[jax.Array]:
@@ -143,30 +194,22 @@ def block_norms(leaves, groups: Groups, axis_name=None) -> list[jax.Array]:
     A list with one scalar norm per group, in the widest accumulation dtype
     of the leaves (float32 unless x64 leaves are present).
   """
-  dtype = _common_dtype(leaves)
+  dtype = jnp.dtype(_common_dtype(leaves))
   if not leaves:
     return [jnp.zeros((), dtype) for _ in groups]
-  if not groups:
-    return []
-  sq = [sum((jnp.sum(jnp.square(leaves[i].astype(dtype))) for i in g),
-            jnp.zeros((), dtype)) for g in groups]
-  sizes = [jnp.asarray(sum(leaves[i].size for i in g), dtype) for g in groups]
+  sq = [functools.reduce(jnp.add, [_square_sum(leaves[i], dtype) for i in g])
+        for g in groups]
+  sizes = [sum(leaves[i].size for i in g) for g in groups]
   if axis_name is not None:
-    sq, sizes = jax.lax.psum((sq, sizes), axis_name)
-  bad = [~jnp.isfinite(s) | (s < underflow_threshold(dtype, n))
-         for s, n in zip(sq, sizes)]
-
-  # The cond returns one vector: its branches stack and unstack inside, so
-  # XLA never fuses a stack of n scalars into each of its n readers.
-  def fast():
-    return jnp.sqrt(jnp.stack(sq))
-
-  def rescue():
-    return jnp.where(jnp.stack(bad),
-                     _rescued_norms(leaves, groups, dtype, axis_name), fast())
-
-  norms = jax.lax.cond(functools.reduce(jnp.logical_or, bad), rescue, fast)
-  return [norms[k] for k in range(len(groups))]
+    sq = jax.lax.psum(sq, axis_name)
+    sizes = [size * jax.lax.axis_size(axis_name) for size in sizes]
+  norms = []
+  for start in range(0, len(groups), _CHUNK):
+    chunk = slice(start, start + _CHUNK)
+    norms += _checked_norms(
+        tuple(sq[chunk]), tuple([leaves[i] for i in g] for g in groups[chunk]),
+        tuple(sizes[chunk]), axis_name)
+  return norms
 
 
 def global_norm(leaves, axis_name=None) -> jax.Array:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple, Union, get_args
 
@@ -157,24 +158,17 @@ def trust_ratio(
       denominators = _mean_example_norms(
           blocks_lib.drop_masked(per_example_norms, params), resolved, selected)
 
+    decays = not (isinstance(weight_decay, (int, float)) and weight_decay == 0)
     out = list(g_leaves)
     scaled_ratios, scaled_status = [], []
     for group, w_norm, denominator in zip(groups, w_norms, denominators):
-      total = denominator.astype(w_norm.dtype) + weight_decay * w_norm + eps
-      ratio = jnp.where(w_norm > 0, trust_coefficient * w_norm,
-                        trust_coefficient)
-      ratio = jnp.where(total > 0, ratio / jnp.where(total > 0, total, 1), 0.0)
-      if clip is not None:
-        ratio = jnp.minimum(ratio, clip)
+      ratio, status = _block_ratio(w_norm, denominator, trust_coefficient,
+                                   weight_decay, eps, clip)
       scaled_ratios.append(ratio)
-      scaled_status.append(jnp.where(
-          total > 0, jnp.where(w_norm > 0, SCALED, ZERO_WEIGHT_NORM),
-          ZERO_DENOMINATOR).astype(jnp.int8))
+      scaled_status.append(status)
       for i in group:
-        dtype = numerics.accumulation_dtype(g_leaves[i].dtype)
-        decayed = (g_leaves[i].astype(dtype)
-                   + weight_decay * w_leaves[i].astype(dtype))
-        out[i] = (ratio.astype(dtype) * decayed).astype(g_leaves[i].dtype)
+        out[i] = _scale_leaf(ratio, g_leaves[i],
+                             w_leaves[i] if decays else None, weight_decay)
     ratios_iter, status_iter = iter(scaled_ratios), iter(scaled_status)
     ratios, status = [], []
     for keep, old in zip(selected, jax.tree.leaves(state.ratios)):
@@ -187,6 +181,31 @@ def trust_ratio(
         blocks_lib.to_tree(resolved, status, params)))
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+@functools.partial(jax.jit, static_argnames="clip")
+def _block_ratio(w_norm, denominator, trust_coefficient, weight_decay, eps,
+                 clip):
+  """One block's ratio and status code (jitted: traced once for all blocks)."""
+  total = denominator.astype(w_norm.dtype) + weight_decay * w_norm + eps
+  ratio = jnp.where(w_norm > 0, trust_coefficient * w_norm, trust_coefficient)
+  ratio = jnp.where(total > 0, ratio / jnp.where(total > 0, total, 1), 0.0)
+  if clip is not None:
+    ratio = jnp.minimum(ratio, clip)
+  status = jnp.where(total > 0, jnp.where(w_norm > 0, SCALED, ZERO_WEIGHT_NORM),
+                     ZERO_DENOMINATOR).astype(jnp.int8)
+  return ratio, status
+
+
+@jax.jit
+def _scale_leaf(ratio, g, w, weight_decay):
+  """``ratio (g + λ w)`` in f32 or wider, cast to g's dtype (``w`` None:
+  no decay, and w is not read)."""
+  dtype = numerics.accumulation_dtype(g.dtype)
+  decayed = g.astype(dtype)
+  if w is not None:
+    decayed = decayed + weight_decay * w.astype(dtype)
+  return (ratio.astype(dtype) * decayed).astype(g.dtype)
 
 
 def _selected_blocks(mask: Mask, params, resolved) -> list[bool]:
