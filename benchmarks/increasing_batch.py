@@ -18,11 +18,15 @@ is tuned by the same protocol as the main command's
 
 from __future__ import annotations
 
+import sys
+
 from benchmarks import large_batch
 
 
 def main(argv=None) -> None:
-  large_batch.main(["--config", "increasing_batch", *(argv or [])])
+  """Runs the study; ``argv`` defaults to the command line."""
+  argv = sys.argv[1:] if argv is None else argv
+  large_batch.main(["--config", "increasing_batch", *argv])
 
 
 if __name__ == "__main__":

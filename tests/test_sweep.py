@@ -11,6 +11,7 @@ import itertools
 import json
 import math
 import statistics
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -275,3 +276,18 @@ def test_main_command_writes_one_record_per_run(tmp_path, capsys):
   assert summary["protocol"]["grid_size"] == 3
   assert "| method | batch 32 | batch 128 |" in capsys.readouterr().out
   assert (tmp_path / "accuracy_vs_batch.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("name", sorted(
+    p.stem for p in (Path(__file__).parents[1] / "benchmarks" / "configs")
+    .glob("*.json")))
+def test_every_study_config_names_real_fields(name):
+  """A typo in a study's JSON would otherwise surface minutes into a run."""
+  from benchmarks import configs
+  config = configs.load(name)
+  fields = {f.name for f in dataclasses.fields(train.Config)}
+  assert set(config["train"]) <= fields
+  for variant in config.get("variants", []):
+    assert set(variant.get("settings", {})) <= fields, variant["label"]
+    assert variant["method"] in (*train._NORMOPT_METHODS,
+                                 *train._OPTAX_BASELINES), variant["label"]

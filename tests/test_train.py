@@ -282,6 +282,16 @@ def test_increasing_batch_benchmark_writes_results(tmp_path):
   assert grown and all(r["max_batch"] == 256 for r in grown)
 
 
+def test_increasing_batch_reads_the_command_line(monkeypatch):
+  """``python -m benchmarks.increasing_batch --full`` must reach the study."""
+  from benchmarks import increasing_batch, large_batch
+  seen = []
+  monkeypatch.setattr(large_batch, "main", seen.append)
+  monkeypatch.setattr("sys.argv", ["increasing_batch", "--full"])
+  increasing_batch.main()
+  assert seen == [["--config", "increasing_batch", "--full"]]
+
+
 def test_step_speed_smoke(tmp_path, capsys):
   """Runs the benchmark on a tiny tree; checks the table, not the times."""
   from benchmarks.speed import step_speed
