@@ -111,6 +111,12 @@ def underflow_threshold(dtype, sizes):
   return sizes * (float(info.tiny) / float(info.eps))
 
 
+def unreliable(sq: jax.Array, terms) -> jax.Array:
+  """Whether a sum of squares of ``terms`` terms overflowed or fell below
+  :func:`underflow_threshold` (and must be recomputed rescaled)."""
+  return ~jnp.isfinite(sq) | (sq < underflow_threshold(sq.dtype, terms))
+
+
 def _scale_exponent(dtype) -> int:
   """``k`` of the scaled sums: 100 for float32, 800 for float64.
 
@@ -158,9 +164,8 @@ def _checked_norms(sq: tuple, blocks: tuple, sizes: tuple, axis_name):
   overflowed or may have underflowed (one ``lax.cond``), the norms from the
   three scaled sums of each block's leaves."""
   dtype = sq[0].dtype
-  bad = functools.reduce(jnp.logical_or, [
-      ~jnp.isfinite(s) | (s < underflow_threshold(dtype, n))
-      for s, n in zip(sq, sizes)])
+  bad = functools.reduce(jnp.logical_or,
+                         [unreliable(s, n) for s, n in zip(sq, sizes)])
 
   def rescue():
     sums = [_scaled_square_sums(block[0] if len(block) == 1 else
@@ -246,7 +251,7 @@ def example_norms(sq_fn, *arrays) -> jax.Array:
   """
   sq = sq_fn(*arrays)
   terms = sum(x.size // x.shape[0] for x in arrays)
-  bad = ~jnp.isfinite(sq) | (sq < underflow_threshold(sq.dtype, terms))
+  bad = unreliable(sq, terms)
 
   def rescue(_):
     cast = [x.astype(sq.dtype) for x in arrays]
