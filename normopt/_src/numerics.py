@@ -140,13 +140,13 @@ def _scaled_square_sums(x: jax.Array, dtype) -> jax.Array:
   return jnp.sum(jnp.square(scaled), axis=tuple(range(1, x.ndim + 1)))
 
 
-@functools.partial(jax.jit, static_argnames="size")
-def _norm_from_sums(sums: jax.Array, size: int) -> jax.Array:
-  """The norm of a block from its three sums (see the module docstring)."""
+def _norms_from_sums(sums: jax.Array, sizes: jax.Array) -> jax.Array:
+  """The norms of blocks from their three sums, ``sums[:, j]`` for block
+  ``j`` of ``sizes[j]`` elements (see the module docstring)."""
   k = _scale_exponent(sums.dtype)
   plain = sums[0]
   finite = jnp.isfinite(plain)
-  under = plain < underflow_threshold(sums.dtype, size)
+  under = plain < underflow_threshold(sums.dtype, sizes)
   chosen = jnp.where(finite, jnp.where(under, sums[2], plain), sums[1])
   factor = jnp.where(finite, jnp.where(under, 2.0 ** -k, 1.0), 2.0 ** k)
   return jnp.sqrt(chosen) * factor.astype(sums.dtype)
@@ -159,24 +159,27 @@ def _square_sum(x: jax.Array, dtype) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("sizes", "axis_name"))
-def _checked_norms(sq: tuple, blocks: tuple, sizes: tuple, axis_name):
-  """``sqrt`` of each squared norm in ``sq``, or, where any of them
-  overflowed or may have underflowed (one ``lax.cond``), the norms from the
-  three scaled sums of each block's leaves."""
-  dtype = sq[0].dtype
-  bad = functools.reduce(jnp.logical_or,
-                         [unreliable(s, n) for s, n in zip(sq, sizes)])
+def _checked_norms(sq: jax.Array, blocks: tuple, sizes: tuple, axis_name
+                   ) -> jax.Array:
+  """``sqrt(sq)``, the norms of a chunk of blocks from their squared norms,
+  or, where any of them overflowed or may have underflowed (one
+  ``lax.cond``), the norms from the three scaled sums of each block's
+  leaves. In and out as one vector: the selection and the square roots are
+  one kernel per chunk rather than one per block."""
+  dtype = sq.dtype
+  terms = jnp.asarray(sizes, dtype)
 
   def rescue():
-    sums = [_scaled_square_sums(block[0] if len(block) == 1 else
-                                jnp.concatenate([jnp.ravel(x).astype(dtype)
-                                                 for x in block]), dtype)
-            for block in blocks]
+    sums = jnp.stack([
+        _scaled_square_sums(block[0] if len(block) == 1 else jnp.concatenate(
+            [jnp.ravel(x).astype(dtype) for x in block]), dtype)
+        for block in blocks], axis=1)
     if axis_name is not None:
       sums = jax.lax.psum(sums, axis_name)
-    return tuple(_norm_from_sums(s, n) for s, n in zip(sums, sizes))
+    return _norms_from_sums(sums, terms)
 
-  return jax.lax.cond(bad, rescue, lambda: tuple(jnp.sqrt(s) for s in sq))
+  return jax.lax.cond(jnp.any(unreliable(sq, terms)), rescue,
+                      lambda: jnp.sqrt(sq))
 
 
 # Blocks checked by one lax.cond. One cond per block cost about 4 ms of XLA
@@ -211,9 +214,11 @@ def block_norms(leaves, groups: Groups, axis_name=None) -> list[jax.Array]:
   norms = []
   for start in range(0, len(groups), _CHUNK):
     chunk = slice(start, start + _CHUNK)
-    norms += _checked_norms(
-        tuple(sq[chunk]), tuple([leaves[i] for i in g] for g in groups[chunk]),
+    checked = _checked_norms(
+        jnp.stack(sq[chunk]),
+        tuple([leaves[i] for i in g] for g in groups[chunk]),
         tuple(sizes[chunk]), axis_name)
+    norms += [checked[j] for j in range(checked.shape[0])]
   return norms
 
 
