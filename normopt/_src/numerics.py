@@ -20,9 +20,11 @@ Every block norm in normopt goes through :func:`block_norms`:
   and the common case pays for one pass over the data;
 * the per-leaf and per-chunk work are small jitted functions, cached per
   shape and dtype: a tree of thousands of leaves of a few shapes is traced
-  once per shape, and XLA on CPU compiles the identical kernels once. (A
-  vector of norms indexed per leaf cost about 5 ms of compile per leaf,
-  one ``lax.cond`` per block about 4 ms; see the compile-time section of
+  once per shape, and XLA on CPU compiles the identical kernels once. A
+  chunk's squared norms go into its ``lax.cond`` as one vector, so the
+  test, the square roots and the rescue's selection are one kernel per
+  chunk rather than one per block (per block they made lars compile 1.5x
+  slower than ``optax.lars``; see the compile-time section of
   benchmarks/README.md);
 * a zero block has norm exactly zero and dividing by it is never done:
   :func:`divide_by_norm` divides by one instead.
@@ -184,8 +186,8 @@ def _checked_norms(sq: jax.Array, blocks: tuple, sizes: tuple, axis_name
 
 # Blocks checked by one lax.cond. One cond per block cost about 4 ms of XLA
 # CPU compile each; 8 blocks per cond compiled 1.6x faster at 1000 leaves,
-# and larger chunks gained nothing (while repeating less often, so fewer of
-# their kernels are identical).
+# and chunks of 16 or 32 gained nothing (while repeating less often, so
+# fewer of their kernels are identical).
 _CHUNK = 8
 
 
