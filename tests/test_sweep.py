@@ -289,5 +289,4 @@ def test_every_study_config_names_real_fields(name):
   assert set(config["train"]) <= fields
   for variant in config.get("variants", []):
     assert set(variant.get("settings", {})) <= fields, variant["label"]
-    assert variant["method"] in (*train._NORMOPT_METHODS,
-                                 *train._OPTAX_BASELINES), variant["label"]
+    assert variant["method"] in train.method_names(), variant["label"]
