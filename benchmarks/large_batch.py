@@ -103,7 +103,8 @@ def parse_study(argv, description: str, full_help: str, out: str | None,
     parser.add_argument(f"--{name}", **keywords)
   for name, (kind, help_) in overrides.items():
     parser.add_argument(f"--{name}", type=kind, default=None, help=help_)
-  parser.add_argument("--out", default=out, help=f"default: {out}")
+  parser.add_argument("--out", default=out,
+                      help=f"default: {out or 'runs/<config>'}")
   args = parser.parse_args(argv)
   return args, {k: getattr(args, k) for k in overrides
                 if getattr(args, k) is not None}

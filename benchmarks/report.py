@@ -96,7 +96,9 @@ def plot_study(summaries, path: Path, title: str = "MNIST-1D",
   batches = sorted({s["batch_size"] for s in summaries})
   a.set(xscale="log", xlabel="batch size",
         ylabel=objective.report.replace("_", " ") + unit,
-        title=f"{title}: tuned learning rate, mean ± std")
+        title=f"{title}: tuned learning rate, " + (
+            "mean ± std" if max(len({r["seed"] for r in s["runs"]})
+                                for s in best) > 1 else "one seed"))
   a.set_xticks(batches, [str(b) for b in batches])
   a.minorticks_off()
   a.legend()

@@ -77,9 +77,12 @@ class Objective(NamedTuple):
   suffix: str = "%"
   validation: str = SCORE
 
-  def cell(self, mean: float, std: float) -> str:
-    return (f"{self.scale * mean:.{self.digits}f} ± "
-            f"{self.scale * std:.{self.digits}f}{self.suffix}")
+  def cell(self, mean: float, std: float, seeds: int = 2) -> str:
+    """``mean ± std``, or the mean alone for one seed (no spread)."""
+    value = f"{self.scale * mean:.{self.digits}f}"
+    if seeds < 2:
+      return value + self.suffix
+    return f"{value} ± {self.scale * std:.{self.digits}f}{self.suffix}"
 
 
 def _validation_accuracy(runs: Sequence[dict]) -> float:
@@ -268,8 +271,10 @@ def study(variants: Sequence[dict], batch_sizes: Sequence[int],
         for r in records:
           r["variant"] = variant["label"]
           by_lr.setdefault(_round(r["learning_rate"]), []).append(r)
-        log(f"  {variant['label']:28s} b={batch:<5d} " + " ".join(
-            f"{lr:g}:{objective.score(rs):.3g}" for lr, rs in by_lr.items()))
+        log(f"  {variant['label']:28s} batch {batch:<5d} validation score "
+            "by learning rate: " + ", ".join(
+                f"lr {lr:g} -> {objective.score(rs):.3g}"
+                for lr, rs in by_lr.items()))
         return by_lr
 
       tuned = tune(evaluate, start_for(variant["start"], batch), protocol,
@@ -328,7 +333,8 @@ def table(summaries: Sequence[dict], rows: str = "method",
         continue
       label = "" if rows == "label" or s["label"] == name else (
           f", {s['label']}")
-      cells.append(f"{objective.cell(s['mean'], s['std'])} "
+      n_seeds = len({r["seed"] for r in s["runs"]})
+      cells.append(f"{objective.cell(s['mean'], s['std'], n_seeds)} "
                    f"(lr {s['learning_rate']:g}{'†' if s['on_edge'] else ''}"
                    f", width ×{s['width']:g}{label})")
     lines.append(f"| {name} | " + " | ".join(cells) + " |")

@@ -97,10 +97,11 @@ def method_names() -> list[str]:
   return sorted([*_OPTAX_BASELINES, *_NORMOPT_METHODS])
 
 
-def build_optimizer(name: str, config: Config, learning_rate):
+def build_optimizer(name: str, config: Config, learning_rate, model=None):
   """``normopt.<name>(learning_rate=..., **keywords)``, the keywords being
   the config fields the method takes (``momentum`` is ``config.beta``);
-  only the optax baselines are special-cased."""
+  only the optax baselines are special-cased. ``model`` (a Flax NNX
+  module) gives Muon, NorMuon and Scion their matrix views."""
   if name in _OPTAX_BASELINES:
     return _OPTAX_BASELINES[name](config, learning_rate)
   if name not in _NORMOPT_METHODS:
@@ -110,24 +111,42 @@ def build_optimizer(name: str, config: Config, learning_rate):
   values = {**dataclasses.asdict(config), "momentum": config.beta}
   if name in ("lars", "clars"):
     values["mask"] = True if config.mask_all else None
-  if name == "muon":
-    values["mask"] = hidden_layers
+  if name in ("muon", "normuon", "scion") and model is not None:
+    values["weight_dimension_numbers"] = muon_dimension_numbers(model)
   taken = inspect.signature(factory).parameters
   return factory(learning_rate=learning_rate,
                  **{k: v for k, v in values.items()
                     if k in taken and k != "learning_rate"})
 
 
-def hidden_layers(params):
-  """Muon's mask here: matrices and conv kernels, except the layers named
-  ``embed`` and ``head`` (input embeddings and output layer, which Muon's
-  reference leaves to AdamW) and leaves named ``bias`` (attention biases
-  are ``(heads, head_dim)`` matrices)."""
-  def hidden(path, is_matrix):
-    names = {str(getattr(k, "key", k)) for k in path}
-    return is_matrix and not names & {"embed", "head", "bias"}
-  return jax.tree_util.tree_map_with_path(hidden,
-                                          normopt.hidden_matrices(params))
+def muon_dimension_numbers(model):
+  """Muon's matrix views here: ``normopt.flax_weight_dimension_numbers`` of
+  the model with the layers named ``embed`` and ``head`` (input embeddings
+  and output layer, which Muon's reference leaves to AdamW) excluded, as a
+  callable on the params that looks each leaf up by its path (the trainer's
+  params are the model's whole ``nnx.split`` state)."""
+  dims = normopt.flax_weight_dimension_numbers(model,
+                                               exclude=("embed", "head"))
+  by_path = dict(zip(leaf_paths(dims), jax.tree.leaves(
+      dims, is_leaf=_is_dims)))
+
+  def lookup(params):
+    return jax.tree.structure(params).unflatten(
+        [by_path.get(p) for p in leaf_paths(params)])
+  return lookup
+
+
+def _is_dims(x) -> bool:
+  return x is None or isinstance(x, optax.contrib.MuonDimensionNumbers)
+
+
+def leaf_paths(tree) -> list[str]:
+  """Each leaf's path (an NNX Variable's ``.value`` dropped), with None and
+  dimension numbers as leaves."""
+  return [jax.tree_util.keystr(tuple(
+      k for k in p if getattr(k, "name", None) != "value"))
+          for p, _ in jax.tree_util.tree_flatten_with_path(
+              tree, is_leaf=_is_dims)[0]]
 
 
 class Plan(NamedTuple):
@@ -178,16 +197,17 @@ def make_schedule(config: Config, plan: Plan) -> optax.Schedule:
       [optax.linear_schedule(0.0, lr, warmup), main], [warmup])
 
 
-def make_optimizer(config: Config, plan: Plan, learning_rate=None):
+def make_optimizer(config: Config, plan: Plan, learning_rate=None,
+                   model=None):
   """The configured optimizer; ``learning_rate`` (a number or a traced value,
   as in :func:`train_population`) replaces ``config.learning_rate`` as the
-  peak of the schedule."""
+  peak of the schedule; ``model`` as in :func:`build_optimizer`."""
   if learning_rate is None:
     schedule = make_schedule(config, plan)
   else:
     unit = make_schedule(dataclasses.replace(config, learning_rate=1.0), plan)
     schedule = lambda count: learning_rate * unit(count)  # noqa: E731
-  tx = build_optimizer(config.method, config, schedule)
+  tx = build_optimizer(config.method, config, schedule, model)
   if config.clip_norm is not None:
     tx = optax.chain(optax.clip_by_global_norm(config.clip_norm), tx)
   if config.noise_scale:
@@ -375,7 +395,7 @@ def train_and_evaluate(config: Config, workdir: str | Path | None = None,
   model = models.make(config.model, dataset.x_train.shape[1:],
                       dataset.num_classes, config.seed)
   graphdef, params = nnx.split(model)
-  tx = make_optimizer(config, plan)
+  tx = make_optimizer(config, plan, model=model)
   needs_norms = config.method == "clars"
   is_igt = config.method == "nigt"
 
@@ -636,7 +656,8 @@ def train_population(config: Config, learning_rates, seeds,
 
   def epoch(params, opt_state, key, peak, first_step):
     step_fn = functools.partial(
-        train_step, tx=make_optimizer(config, plan, peak), loss_fn=loss_fn,
+        train_step, tx=make_optimizer(config, plan, peak, template),
+        loss_fn=loss_fn,
         clars_norms=config.method == "clars",
         noise_scale=config.measured_growth, probed=probed)
     order = jax.random.permutation(key, len(y_train))[:steps * batch]
@@ -666,7 +687,7 @@ def train_population(config: Config, learning_rates, seeds,
 
   run_epoch = jax.jit(jax.vmap(epoch, in_axes=(0, 0, 0, 0, None)))
   opt_state = jax.jit(jax.vmap(
-      lambda p, peak: make_optimizer(config, plan, peak).init(p)))(
+      lambda p, peak: make_optimizer(config, plan, peak, template).init(p)))(
           params, peaks)
   start = time.perf_counter()
   losses, validation_losses = [], []

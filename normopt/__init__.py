@@ -11,6 +11,7 @@ from normopt._src.alias import (
                                 muon,
                                 nigt,
                                 normalized_sgdm,
+                                normuon,
                                 nshb,
                                 qhm,
                                 scion,
@@ -27,6 +28,7 @@ from normopt._src.extrapolate import (
                                 igt_extrapolate,
                                 igt_true_params,
 )
+from normopt._src.flax_dims import flax_weight_dimension_numbers
 from normopt._src.momentum import HeavyBallState, QhCombineState, heavy_ball, qh_combine
 from normopt._src.noise_scale import (
                                 NoiseScaleEstimate,
@@ -67,6 +69,7 @@ __all__ = (
     "block_sngm",
     "clars",
     "exclude_bias_and_norm",
+    "flax_weight_dimension_numbers",
     "gradient_noise_scale",
     "heavy_ball",
     "hidden_matrices",
@@ -81,6 +84,7 @@ __all__ = (
     "normalize_global",
     "normalize_per_block",
     "normalized_sgdm",
+    "normuon",
     "nshb",
     "per_example_block_norms",
     "probed",

@@ -382,3 +382,63 @@ def scion(grad, w, steps, lr, beta, norms, radii, unconstrained=False):
       new.append(wi - lr * r * u)
     w = new
   return w
+
+
+def precondition(x, how):
+  """The pre-scales before Newton-Schulz (optax's names; muon_frontier.md
+  section 3), on a (n, m) float64 matrix in the wide orientation n <= m:
+  frobenius X/‖X‖_F, spectral X/σ_max, schatten X/(Σσ⁴)^{1/4}, aol S X with
+  S = diag(Σ_j |(XXᵀ)_ij|)^{-1/2}."""
+  if not np.any(x):
+    return np.zeros_like(x)
+  s = np.linalg.svd(x, compute_uv=False)
+  if how == "frobenius":
+    return x / np.sqrt(np.sum(s ** 2))
+  if how == "spectral":
+    return x / s[0]
+  if how == "schatten":
+    return x / np.sum(s ** 4) ** 0.25
+  if how == "aol":
+    d = np.sum(np.abs(x @ x.T), axis=1)
+    return x / np.sqrt(d)[:, None]
+  raise ValueError(how)
+
+
+def newton_schulz_table(g, table, steps, how="frobenius"):
+  """Newton-Schulz with a coefficient table: iteration i uses row
+  min(i, n - 1) (Polar Express, Alg. 1: the last row repeats), from the
+  pre-scaled g, on the wide orientation."""
+  x = np.asarray(g, np.float64)
+  flip = x.shape[0] > x.shape[1]
+  x = precondition(x.T if flip else x, how)
+  table = np.asarray(table, np.float64).reshape(-1, 3)
+  for i in range(steps):
+    a, b, c = table[min(i, len(table) - 1)]
+    gram = x @ x.T
+    x = a * x + (b * gram + c * gram @ gram) @ x
+  return x.T if flip else x
+
+
+def normuon(grad, w, steps, lr, beta, b2, wd, ns_steps=5):
+  """Li et al.'s NorMuon (zichongli5/NorMuon, normuon.py) in PyTorch layout
+  (each w a (out, in) matrix): M <- lerp(M, G, 1 - b1); U = lerp(G, M, b1);
+  O = NS5(U); v <- lerp(v, mean_in(O²), 1 - b2) per output row;
+  Ô = O / (√v + 1e-10); Ô *= ‖O‖_F / (‖Ô‖_F + 1e-10); Ô *= √max(1, out/in);
+  W <- W (1 - lr wd) - lr Ô."""
+  m = [np.zeros_like(x) for x in w]
+  v = [np.zeros((x.shape[0], 1)) for x in w]
+  for t in range(steps):
+    g = grad(w, t)
+    m = [beta * mi + (1 - beta) * gi for mi, gi in zip(m, g)]
+    u = [(1 - beta) * gi + beta * mi for gi, mi in zip(g, m)]
+    new, new_v = [], []
+    for wi, ui, vi in zip(w, u, v):
+      o = newton_schulz(ui, ns_steps)
+      vi = b2 * vi + (1 - b2) * np.mean(o ** 2, axis=1, keepdims=True)
+      oh = o / (np.sqrt(vi) + 1e-10)
+      oh = oh * np.linalg.norm(o) / (np.linalg.norm(oh) + 1e-10)
+      oh = oh * np.sqrt(max(1.0, wi.shape[0] / wi.shape[1]))
+      new.append(wi * (1 - lr * wd) - lr * oh)
+      new_v.append(vi)
+    w, v = new, new_v
+  return w

@@ -28,6 +28,7 @@ ALIASES = {
     "snag": (normopt.snag, dict(learning_rate=0.5, beta=0.9)),
     "signum": (normopt.signum, dict(learning_rate=0.01, beta=0.9)),
     "muon": (normopt.muon, dict(learning_rate=0.05, beta=0.95)),
+    "normuon": (normopt.normuon, dict(learning_rate=0.05, beta=0.95)),
     # unconstrained: the constrained variant shrinks the params by (1 - lr)
     # every step, a weight decay of 1 (the suite expects zero steps for zero
     # gradients); test_lmo checks the constrained one against the reference

@@ -204,3 +204,29 @@ def test_docstring_documents_every_argument_and_has_an_example(name):
       "assert_replicated", "exclude_bias_and_norm", "telemetry",
       "norm_probes", "per_example_block_norms", "probed", "igt_true_params",
       "noise_scale_of")
+
+
+def test_telemetry_of_an_nnx_optimizer_holds_plain_arrays():
+  from flax import nnx
+  model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+  optimizer = nnx.Optimizer(model, normopt.lars(0.1), wrt=nnx.Param)
+  info = normopt.telemetry(optimizer.opt_state)
+  leaves = jax.tree.leaves(info, is_leaf=lambda x: isinstance(
+      x, (nnx.Variable, nnx.State)))
+  assert leaves and all(isinstance(x, jax.Array) for x in leaves)
+  assert isinstance(info["trust_ratio_0"]["ratios"], dict)
+  assert set(info["trust_ratio_0"]["ratios"]) == {"kernel", "bias"}
+
+
+@pytest.mark.parametrize("name", ["lars", "clars", "lamb"])
+def test_a_trust_ratio_mask_that_selects_nothing_warns(name):
+  params = {"w": jnp.ones((3, 2)), "b": jnp.ones(2)}
+  tx = getattr(normopt, name)(0.1, mask={"w": False, "b": False})
+  with pytest.warns(UserWarning, match="selects none of the 2 leaves"):
+    tx.init(params)
+
+
+def test_a_negative_schedule_is_caught_at_step_zero():
+  with pytest.raises(ValueError, match="learning_rate"):
+    normopt.sngm(lambda count: -0.1 + 0.0 * count)
+  normopt.sngm(optax.cosine_decay_schedule(0.1, 100))  # fine

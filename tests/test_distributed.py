@@ -18,7 +18,7 @@ from tests import registry
 NAMES = sorted(registry.ALIASES)
 # Orthogonalization needs whole matrices: with axis_name (leaves are
 # shards) these refuse with a clear error; sharded jit works.
-NEEDS_WHOLE_MATRICES = ("muon", "scion")
+NEEDS_WHOLE_MATRICES = ("muon", "normuon", "scion")
 STEPS = 20
 DEVICES = 8
 ATOL = 1e-6

@@ -34,3 +34,22 @@ def test_docs_build_without_warnings(tmp_path):
             if "IPKernelApp" not in line]
   assert result.returncode == 0, "\n".join(errors[-40:])
   assert (tmp_path / "html" / "api" / "generated" / "normopt.sngm.html").exists()
+
+
+def _python_blocks(path):
+  return re.findall(r"```python\n(.*?)```", path.read_text(), re.S)
+
+
+def test_readme_is_a_guide_whose_code_runs():
+  """README: at most 200 lines, a complete NNX loop before any results
+  table, and its python blocks, run in order in a fresh interpreter, exit 0;
+  likewise the NNX guide."""
+  readme = DOCS.parent / "README.md"
+  text = readme.read_text()
+  assert len(text.splitlines()) <= 200
+  assert text.index("nnx.Optimizer") < text.index("| batch 128")
+  for path in (readme, DOCS / "nnx.md"):
+    result = subprocess.run(
+        [sys.executable, "-c", "\n".join(_python_blocks(path))],
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, (path.name, result.stderr[-3000:])

@@ -6,12 +6,25 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from optax.contrib import MuonDimensionNumbers as MDN
 
 import normopt
 from tests import reference
 
 NAMES = ("sign", "rms", "col", "row", "spectral")
 SHAPES = {"dense": (6, 3), "tall": (3, 7), "conv": (3, 3, 2, 4)}
+CONV = MDN((0, 1, 2), 3)  # a Flax conv kernel (kh, kw, in, out)
+
+
+def dims_of(tree):
+  """Conv kernels read as (kh·kw·in, out); 2-D leaves by default."""
+  return {k: CONV if np.ndim(v) == 4 else None for k, v in tree.items()}
+
+
+def muon_dims_of(tree):
+  """Muon's view of every leaf: None sends a leaf to the other optimizer."""
+  return {k: CONV if np.ndim(v) == 4 else MDN() if np.ndim(v) == 2 else None
+          for k, v in tree.items()}
 
 
 def _tree(seed=0, scale=1.0):
@@ -23,7 +36,8 @@ def _tree(seed=0, scale=1.0):
 @pytest.mark.parametrize("name", NAMES)
 def test_direction_and_dual_norm_match_float64(name):
   g = _tree(1)
-  tx = normopt.normalize_per_block(norm=name, exact_svd=True)
+  tx = normopt.normalize_per_block(
+      weight_dimension_numbers=dims_of, norm=name, exact_svd=True)
   u, state = tx.update(g, tx.init(g))
   for k in SHAPES:
     want, dual = reference.lmo_direction(name, np.asarray(g[k]))
@@ -36,7 +50,8 @@ def test_newton_schulz_matches_the_reference_iteration():
   g = _tree(2)
   with jax.enable_x64(True):
     g64 = jax.tree.map(lambda x: x.astype(jnp.float64), g)
-    tx = normopt.normalize_per_block(norm="spectral", ns_steps=7)
+    tx = normopt.normalize_per_block(
+      weight_dimension_numbers=dims_of, norm="spectral", ns_steps=7)
     u, _ = tx.update(g64, tx.init(g64))
     for k in SHAPES:
       m = np.asarray(g64[k]).reshape(-1, SHAPES[k][-1])
@@ -53,7 +68,8 @@ def test_newton_schulz_matches_the_reference_iteration():
 def test_directions_are_scale_invariant(name, scale):
   g = _tree(3)
   big = jax.tree.map(lambda x: x * scale, g)
-  tx = normopt.normalize_per_block(norm=name)
+  tx = normopt.normalize_per_block(
+      weight_dimension_numbers=dims_of, norm=name)
   a, _ = jax.jit(tx.update)(g, tx.init(g))
   for how in ("argument", "constant"):
     if how == "argument":
@@ -68,7 +84,8 @@ def test_directions_are_scale_invariant(name, scale):
 @pytest.mark.parametrize("name", NAMES)
 def test_zero_block_gives_zero_and_nan_propagates(name):
   g = {k: jnp.zeros(s) for k, s in SHAPES.items()}
-  tx = normopt.normalize_per_block(norm=name)
+  tx = normopt.normalize_per_block(
+      weight_dimension_numbers=dims_of, norm=name)
   u, state = tx.update(g, tx.init(g))
   for x in [*jax.tree.leaves(u), *jax.tree.leaves(state)]:
     np.testing.assert_array_equal(np.asarray(x), 0.0)
@@ -82,7 +99,8 @@ def test_zero_block_gives_zero_and_nan_propagates(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_low_precision_leaves_keep_their_dtype(name, dtype):
   g = jax.tree.map(lambda x: x.astype(dtype), _tree(4))
-  tx = normopt.normalize_per_block(norm=name)
+  tx = normopt.normalize_per_block(
+      weight_dimension_numbers=dims_of, norm=name)
   u, _ = tx.update(g, tx.init(g))
   want, _ = tx.update(jax.tree.map(lambda x: x.astype(jnp.float32), g),
                       tx.init(g))
@@ -95,26 +113,32 @@ def test_low_precision_leaves_keep_their_dtype(name, dtype):
 def test_norm_per_leaf_and_bad_specs_are_named():
   g = {**_tree(5), "bias": jnp.ones(3)}
   names = {"dense": "spectral", "tall": "row", "conv": "col", "bias": "rms"}
-  tx = normopt.normalize_per_block(norm=names, exact_svd=True)
+  tx = normopt.normalize_per_block(
+      weight_dimension_numbers=dims_of, norm=names, exact_svd=True)
   u, _ = tx.update(g, tx.init(g))
   for k, name in names.items():
     want, _ = reference.lmo_direction(name, np.asarray(g[k]))
     np.testing.assert_allclose(np.asarray(u[k]), want, rtol=2e-5, atol=2e-6)
   same = {k: "layer" for k in g}
   with pytest.raises(ValueError, match="block 'layer' groups 4 leaves"):
-    tx = normopt.normalize_per_block(norm="spectral", blocks=same)
+    tx = normopt.normalize_per_block(
+      weight_dimension_numbers=dims_of, norm="spectral", blocks=same)
     tx.update(g, tx.init(g))
   with pytest.raises(ValueError, match="block 'layer' mixes norms"):
-    tx = normopt.normalize_per_block(norm=names, blocks=same)
+    tx = normopt.normalize_per_block(
+      weight_dimension_numbers=dims_of, norm=names, blocks=same)
     tx.update(g, tx.init(g))
   with pytest.raises(ValueError, match="unknown norm 'nuclear'"):
-    tx = normopt.normalize_per_block(norm="nuclear")
+    tx = normopt.normalize_per_block(
+      weight_dimension_numbers=dims_of, norm="nuclear")
     tx.update(g, tx.init(g))
-  with pytest.raises(ValueError, match=r"2 or more dimensions, got shape \(3,\)"):
+  with pytest.raises(ValueError, match=r"leaf \['bias'\]: a leaf of shape \(3,\) "
+                     "has no default matrix view"):
     tx = normopt.normalize_per_block(norm="spectral")
     tx.update(g, tx.init(g))
   with pytest.raises(ValueError, match="ns_steps"):
-    normopt.normalize_per_block(norm="spectral", ns_steps=0)
+    normopt.normalize_per_block(
+      weight_dimension_numbers=dims_of, norm="spectral", ns_steps=0)
 
 
 def test_l2_default_is_unchanged_by_the_norm_argument():
@@ -169,7 +193,8 @@ def _train_x64(tx, keys, w0, grad, steps=100):
 def test_muon_matches_jordan_et_al_reference(nesterov):
   keys, w0, grad = _quadratic()
   with jax.enable_x64(True):
-    tx = normopt.muon(0.02, beta=0.95, nesterov=nesterov, weight_decay=0.1)
+    tx = normopt.muon(0.02, beta=0.95, nesterov=nesterov, weight_decay=0.1,
+                      weight_dimension_numbers=muon_dims_of)
     params = _train_x64(tx, keys, w0, grad)
     want = reference.muon(grad, w0, 100, 0.02, 0.95, 0.1, nesterov=nesterov)
   for k, w in zip(keys, want):
@@ -196,7 +221,10 @@ def test_scion_matches_pethick_et_al_reference(setting):
     radii, unconstrained = [radius[k] for k in keys], True
     kwargs = {"norms": norms, "radius": radius, "unconstrained": True}
   with jax.enable_x64(True):
-    params = _train_x64(normopt.scion(0.01, beta=0.9, **kwargs), keys, w0,
+    scion = normopt.scion(0.01, beta=0.9, weight_dimension_numbers={
+        k: CONV if k == "conv" else None if k == "bias" else MDN()
+        for k in keys}, **kwargs)
+    params = _train_x64(scion, keys, w0,
                         grad)
     want = reference.scion(grad, w0, 100, 0.01, 0.9,
                            [norms[k] for k in keys], radii, unconstrained)
@@ -290,7 +318,9 @@ def test_muon_in_nnx_optimizer_with_conv_and_dense():
       return self.out(self.norm(self.conv(x)).mean(axis=(1, 2)))
 
   model = Net(nnx.Rngs(0))
-  optimizer = nnx.Optimizer(model, normopt.muon(0.02), wrt=nnx.Param)
+  dims = normopt.flax_weight_dimension_numbers(model)
+  optimizer = nnx.Optimizer(
+      model, normopt.muon(0.02, weight_dimension_numbers=dims), wrt=nnx.Param)
   x = jnp.asarray(np.random.default_rng(0).standard_normal((8, 6, 6, 1)),
                   jnp.float32)
   y = jnp.arange(8) % 2

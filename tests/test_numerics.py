@@ -117,7 +117,7 @@ def test_nan_propagates():
 
 
 def test_non_float_leaves_rejected():
-  with pytest.raises(TypeError, match="leaf 1 has dtype int32"):
+  with pytest.raises(TypeError, match=r"leaf \[1\] has dtype int32"):
     numerics.check_float_leaves([jnp.zeros(2), jnp.zeros(2, jnp.int32)])
 
 

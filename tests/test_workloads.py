@@ -135,13 +135,16 @@ def test_auc_is_scikit_learns_and_nonfinite_scores_chance():
   assert ctr.auc(logits, labels) == {"auc": 0.5}
 
 
-def test_muon_mask_leaves_embeddings_and_head_to_adamw():
-  _, params = nnx.split(models.make("transformer", (8,), 256, 0))
-  mask = train.hidden_layers(params)
-  flat = {jax.tree_util.keystr(k): v
-          for k, v in jax.tree_util.tree_leaves_with_path(mask)}
+def test_muon_views_leave_embeddings_and_head_to_adamw():
+  from optax.contrib import MuonDimensionNumbers as MDN
+  model = models.make("transformer", (8,), 256, 0)
+  _, params = nnx.split(model)
+  dims = train.muon_dimension_numbers(model)(params)
+  flat = dict(zip(train.leaf_paths(params), jax.tree.leaves(
+      dims, is_leaf=lambda d: d is None or isinstance(d, MDN))))
   assert not any(v for k, v in flat.items() if "embed" in k or "head" in k)
-  assert any(v for k, v in flat.items() if "up" in k and "kernel" in k)
+  assert any(v == MDN(0, 1) for k, v in flat.items() if "up" in k)
+  assert any(v == MDN((0,), (1, 2)) for k, v in flat.items() if "query" in k)
   assert not any(v for k, v in flat.items() if "bias" in k)
 
 

@@ -147,7 +147,7 @@ def adaptive_nigt(learning_rate: ScalarOrSchedule = 1.0, *,
             jax.tree.leaves(second_grads), jax.tree.leaves(updates))):
       raise ValueError("second_grads must have the structure and leaf shapes "
                        "of the updates")
-    numerics.check_float_leaves(jax.tree.leaves(updates))
+    numerics.check_float_leaves(updates)
     t = state.count.astype(state.current_g.dtype) + 1.0
     g_prev, g_now = state.previous_g, state.current_g
     beta_now = 1.0 - alpha(g_prev, t)

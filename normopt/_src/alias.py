@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import re
+import warnings
 from typing import NamedTuple
 
 import jax
@@ -26,7 +28,7 @@ def _float_updates() -> optax.GradientTransformation:
   """The identity, raising normopt's TypeError on non-float leaves."""
   def check(updates, params=None):
     del params
-    numerics.check_float_leaves(jax.tree.leaves(updates))
+    numerics.check_float_leaves(updates)
     return updates
   return optax.stateless(check)
 
@@ -612,7 +614,8 @@ def lamb(learning_rate: ScalarOrSchedule, *, b1: float = 0.9,
       exclude_bias_and_norm if mask is None else mask)
   return optax.chain(
       _float_updates(),  # a clear TypeError before scale_by_adam's
-      optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
+      # moments in float32 or wider: in float16 (1-b1) g and g² underflow
+      _in_float32(optax.scale_by_adam(b1=b1, b2=b2, eps=eps)),
       optax.add_decayed_weights(weight_decay, mask=decay_mask),
       trust_ratio("lars", trust_coefficient=1.0, mask=mask,
                   axis_name=axis_name),
@@ -657,20 +660,24 @@ def signum(learning_rate: ScalarOrSchedule, *,
   """
   check_non_negative("learning_rate", learning_rate)
   check_in_range("beta", beta, 0.0, 1.0, high_inclusive=False)
+  # the momentum in float32 or wider: in float16 (1-β) g underflows
   return optax.chain(
-      heavy_ball(beta, ema=True),
-      normalize_per_block(norm="sign", axis_name=axis_name),
+      _float_updates(),
+      _in_float32(optax.chain(
+          heavy_ball(beta, ema=True),
+          normalize_per_block(norm="sign", axis_name=axis_name))),
       optax.scale_by_learning_rate(learning_rate),
   )
 
 
 def hidden_matrices(params):
-  """The default Muon mask: True for leaves with two or more dimensions.
+  """Muon's default selection: True for the 2-D leaves (dense kernels).
 
-  Dense and conv kernels are orthogonalized; biases, scales and other
-  vectors go to Muon's other transformation. Embedding tables and the
-  output head are matrices too, which the reference sends to Adam: pass
-  your own mask for them.
+  Leaves of other ranks (biases, scales, conv and attention kernels) go to
+  Muon's other optimizer unless dimension numbers say how to read them as
+  matrices (:func:`flax_weight_dimension_numbers`). Embedding tables and
+  the output head are 2-D too, which the reference sends to Adam: leave
+  them out with ``mask`` or with None dimension numbers.
 
   Args:
     params: the params (any pytree of arrays).
@@ -687,14 +694,14 @@ def hidden_matrices(params):
     Jordan et al., *Muon: An optimizer for hidden layers in neural
     networks*, 2024.
   """
-  return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
+  return jax.tree.map(lambda p: jnp.ndim(p) == 2, params)
 
 
 def _in_float32(inner: optax.GradientTransformation
                 ) -> optax.GradientTransformation:
   """``inner`` run on float32 (or wider) copies of the updates and params,
   its output cast back to each leaf's dtype (Adam's ``eps`` and squares
-  underflow in float16)."""
+  underflow in float16, and so does a momentum ``(1-β) g``)."""
   def up_one(x):
     dtype = numerics.accumulation_dtype(x.dtype)
     if isinstance(x, jax.ShapeDtypeStruct):  # abstract init
@@ -707,18 +714,26 @@ def _in_float32(inner: optax.GradientTransformation
   def init_fn(params):
     return inner.init(up(params))
 
-  def update_fn(updates, state, params=None):
+  def update_fn(updates, state, params=None, **extra_args):
     out, state = inner.update(up(updates), state,
-                              None if params is None else up(params))
+                              None if params is None else up(params),
+                              **extra_args)
     return jax.tree.map(lambda o, u: o.astype(u.dtype), out, updates), state
 
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def _scale_by_shape_factor() -> optax.GradientTransformation:
-  """Each leaf times Muon's ``sqrt(max(1, d_out / d_in))``."""
-  return optax.stateless_with_tree_map(
-      lambda u, _: u * jnp.asarray(lmo.shape_factor(u), u.dtype))
+def _scale_by_shape(dims, consistent_rms) -> optax.GradientTransformation:
+  """Each orthogonalized leaf times Muon's shape factor
+  (:func:`normopt._src.lmo.shape_factor`) of its matrix view."""
+  def scale(updates, params=None):
+    del params
+    leaves, treedef = jax.tree.flatten(updates)
+    per_leaf = lmo.leaf_dimension_numbers(dims, updates)
+    return treedef.unflatten([
+        u * jnp.asarray(lmo.shape_factor(u.shape, d, consistent_rms),
+                        u.dtype) for u, d in zip(leaves, per_leaf)])
+  return optax.stateless(scale)
 
 
 class BiasCorrectedMomentumState(NamedTuple):
@@ -728,14 +743,14 @@ class BiasCorrectedMomentumState(NamedTuple):
   mu: optax.Updates
 
 
-def _bias_corrected_momentum(beta: float, nesterov: bool
+def _bias_corrected_momentum(beta: float, nesterov: bool, mu_dtype
                              ) -> optax.GradientTransformation:
   """optax.contrib.scale_by_muon's momentum: the EMA ``m`` bias-corrected,
   ``β m̂_{t+1} + (1-β) ĝ_t`` with Nesterov (``m̂``: divided by
   ``1-β^{t+1}``, ``ĝ``: by ``1-β^t``), else ``m / (1-β^t)``."""
   def init_fn(params):
-    return BiasCorrectedMomentumState(jnp.zeros((), jnp.int32),
-                                      optax.tree.zeros_like(params))
+    return BiasCorrectedMomentumState(
+        jnp.zeros((), jnp.int32), optax.tree.zeros_like(params, mu_dtype))
 
   def update_fn(updates, state, params=None):
     del params
@@ -748,124 +763,406 @@ def _bias_corrected_momentum(beta: float, nesterov: bool
           optax.tree.bias_correction(updates, beta, count))
     else:
       out = optax.tree.bias_correction(mu, beta, count)
-    return out, BiasCorrectedMomentumState(count, mu)
+    out = jax.tree.map(lambda o, g: o.astype(g.dtype), out, updates)
+    return out, BiasCorrectedMomentumState(count,
+                                           optax.tree.cast(mu, mu_dtype))
 
   return optax.GradientTransformation(init_fn, update_fn)
 
 
+class NeuronNormState(NamedTuple):
+  """State of NorMuon's neuron-wise normalization: the EMA of each output
+  neuron's mean squared orthogonalized update (float32 or wider; the
+  reduction axes kept with size one)."""
+  v: optax.Updates
+
+
+def _neuron_norm_shape(shape, dims):
+  axes = lmo.matrix_axes(shape, dims)
+  return tuple(1 if a in axes.reduction else n for a, n in enumerate(shape))
+
+
+def _neuron_wise_normalization(b2: float, dims, eps: float = 1e-10
+                               ) -> optax.GradientTransformation:
+  r"""NorMuon's step after orthogonalization, per matrix ``O`` of a leaf:
+
+  .. math::
+    v \leftarrow \beta_2 v + (1-\beta_2)\,\mathrm{mean}_{\text{in}}(O^2),
+    \quad \hat O = O / (\sqrt v + \epsilon), \quad
+    \hat O \leftarrow \hat O\, \|O\|_F / (\|\hat O\|_F + \epsilon),
+
+  ``v`` one entry per output neuron (the mean is over the reduction axes).
+  """
+  def init_fn(params):
+    per_leaf = lmo.leaf_dimension_numbers(dims, params)
+    leaves, treedef = jax.tree.flatten(params)
+    return NeuronNormState(treedef.unflatten([
+        jnp.zeros(_neuron_norm_shape(p.shape, d),
+                  numerics.accumulation_dtype(p.dtype))
+        for p, d in zip(leaves, per_leaf)]))
+
+  def one(o, v, d):
+    axes = lmo.matrix_axes(o.shape, d)
+    x = o.astype(v.dtype)
+    v = b2 * v + (1 - b2) * jnp.mean(jnp.square(x), axis=axes.reduction,
+                                     keepdims=True)
+    y = x / (jnp.sqrt(v) + eps)
+    matrix = axes.reduction + axes.output
+    frob = jnp.sqrt(jnp.sum(jnp.square(x), axis=matrix, keepdims=True))
+    frob_y = jnp.sqrt(jnp.sum(jnp.square(y), axis=matrix, keepdims=True))
+    return (y * (frob / (frob_y + eps))).astype(o.dtype), v
+
+  def update_fn(updates, state, params=None):
+    del params
+    leaves, treedef = jax.tree.flatten(updates)
+    per_leaf = lmo.leaf_dimension_numbers(dims, updates)
+    pairs = [one(o, v, d) for o, v, d in
+             zip(leaves, treedef.flatten_up_to(state.v), per_leaf)]
+    return (treedef.unflatten([o for o, _ in pairs]),
+            NeuronNormState(treedef.unflatten([v for _, v in pairs])))
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _orthogonalized_leaves(name, params, mask, dims):
+  """Which leaves Muon orthogonalizes (a list of bools in leaf order) and
+  each one's dimension numbers (a list); a ``ValueError`` naming a selected
+  leaf that has no matrix view."""
+  leaves = jax.tree.leaves(params)
+  per_leaf = lmo.leaf_dimension_numbers(dims, params)
+  if mask is None:
+    chosen = [d is not None for d in per_leaf] if dims is not None else [
+        jnp.ndim(p) == 2 for p in leaves]
+  elif mask is True:
+    chosen = [True] * len(leaves)
+  else:
+    chosen = [bool(f) for f in jax.tree.leaves(
+        mask(params) if callable(mask) else mask)]
+    if len(chosen) != len(leaves):
+      raise ValueError(f"{name}: mask must give one bool per leaf, got "
+                       f"{len(chosen)} for {len(leaves)} leaves")
+  paths = numerics.leaf_paths(params)
+  for path, p, keep, d in zip(paths, leaves, chosen, per_leaf):
+    if keep:
+      try:
+        lmo.matrix_axes(jnp.shape(p), d)
+      except ValueError as err:
+        raise ValueError(f"{name}: leaf {path}: {err}") from None
+  return chosen, per_leaf
+
+
+def _warn_on_init(name, params, mask, dims, chosen):
+  """Warns once, at init, when the selection silently changes the method:
+  nothing is orthogonalized, or leaves of 3+ dimensions go to the other
+  optimizer for want of dimension numbers."""
+  leaves, paths = jax.tree.leaves(params), numerics.leaf_paths(params)
+  if leaves and not any(chosen):
+    warnings.warn(
+        f"{name}: no leaf is orthogonalized (no 2-D leaf, and no "
+        "weight_dimension_numbers or mask selects one); every leaf goes to "
+        "the other optimizer (AdamW unless other is given), so this is not "
+        "Muon", stacklevel=3)
+  elif dims is None and mask is None:
+    skipped = [path for path, p, keep in zip(paths, leaves, chosen)
+               if not keep and jnp.ndim(p) >= 3]
+    if skipped:
+      shown = ", ".join(skipped[:4]) + (" ..." if len(skipped) > 4 else "")
+      warnings.warn(
+          f"{name}: {len(skipped)} leaves of 3 or more dimensions ({shown}) "
+          "go to the other optimizer, since their matrix view is ambiguous; "
+          "to orthogonalize conv and attention kernels pass "
+          "weight_dimension_numbers (normopt.flax_weight_dimension_numbers("
+          "model) for Flax NNX)", stacklevel=3)
+
+
+def _with_init_check(name, tx, mask, dims):
+  def init_fn(params):
+    chosen, _ = _orthogonalized_leaves(name, params, mask, dims)
+    _warn_on_init(name, params, mask, dims, chosen)
+    return tx.init(params)
+  return optax.GradientTransformation(init_fn, tx.update)
+
+
+def _muon_family(name, learning_rate, *, beta, nesterov, weight_decay,
+                 weight_decay_mask, ns_steps, ns_coeffs, preconditioning,
+                 eps, consistent_rms, adaptive, mu_dtype,
+                 weight_dimension_numbers, mask, adam_learning_rate, adam_b1,
+                 adam_b2, adam_weight_decay, other, bias_correction,
+                 axis_name, neuron_b2=None):
+  """Muon and NorMuon: one chain, the neuron-wise step optional."""
+  check_non_negative("learning_rate", learning_rate)
+  check_in_range("beta", beta, 0.0, 1.0, high_inclusive=False)
+  check_non_negative("weight_decay", weight_decay)
+  if consistent_rms is not None:
+    check_non_negative("consistent_rms", consistent_rms)
+  dims = weight_dimension_numbers
+
+  def matrix_dims(tree):  # the given or default (2-D) view of every leaf
+    per_leaf = lmo.leaf_dimension_numbers(dims, tree)
+    return jax.tree.structure(tree).unflatten([
+        lmo.MuonDimensionNumbers(0, 1) if d is None and jnp.ndim(p) == 2
+        else d for p, d in zip(jax.tree.leaves(tree), per_leaf)])
+
+  momentum = (_bias_corrected_momentum(beta, nesterov, mu_dtype)
+              if bias_correction else
+              heavy_ball(beta, ema=True, nesterov=nesterov, mu_dtype=mu_dtype))
+  links = [momentum,
+           normalize_per_block(norm="spectral", eps=eps, ns_steps=ns_steps,
+                               ns_coeffs=ns_coeffs,
+                               preconditioning=preconditioning,
+                               adaptive=adaptive,
+                               weight_dimension_numbers=matrix_dims,
+                               axis_name=axis_name)]
+  if neuron_b2 is not None:
+    links.append(_neuron_wise_normalization(neuron_b2, matrix_dims))
+  matrices = optax.chain(
+      _in_float32(optax.chain(*links)),
+      _scale_by_shape(matrix_dims, consistent_rms),
+      optax.add_decayed_weights(weight_decay, mask=weight_decay_mask),
+      optax.scale_by_learning_rate(learning_rate),
+  )
+  if other is None:
+    other = _in_float32(optax.adamw(
+        learning_rate if adam_learning_rate is None else adam_learning_rate,
+        b1=adam_b1, b2=adam_b2, eps=1e-10,
+        weight_decay=(weight_decay if adam_weight_decay is None
+                      else adam_weight_decay)))
+
+  def labels(params):
+    chosen, _ = _orthogonalized_leaves(name, params, mask, dims)
+    return jax.tree.structure(params).unflatten(
+        ["muon" if c else "other" for c in chosen])
+
+  tx = optax.chain(_float_updates(), optax.multi_transform(
+      {"muon": matrices, "other": other}, labels))
+  return _with_init_check(name, tx, mask, dims)
+
+
+_MUON_FAMILY_ARGS = r"""
+    weight_decay: decoupled weight decay λ of the orthogonalized leaves (the
+      step multiplies them by ``1 - ηλ``).
+    weight_decay_mask: which orthogonalized leaves are decayed (a tree of
+      bools or a callable, as ``optax.add_decayed_weights``; default all).
+    ns_steps: Newton-Schulz iterations.
+    ns_coeffs: ``(a, b, c)``, an ``(n, 3)`` table (row ``i`` at iteration
+      ``i``; its last row repeats past its end, and a longer table has its
+      first ``ns_steps`` rows used), or a preset: ``"standard"``,
+      ``"dion"``, ``"polar_express"``.
+    preconditioning: ``"frobenius"``, ``"spectral"``, ``"aol"`` or
+      ``"schatten"`` (see :func:`normalize_per_block`).
+    eps: added to the Frobenius (or spectral) norm of the pre-scale.
+    consistent_rms: None for Jordan et al.'s shape factor
+      ``sqrt(max(1, fan_out/fan_in))``; a number ``c`` for
+      ``c·sqrt(max(fan_in, fan_out))``, an update RMS of ``c`` (Moonlight's
+      AdamW-matched scaling; 0.2 is AdamW's typical RMS).
+    adaptive: multiply each orthogonalized leaf by its dual (nuclear) norm
+      ``<u, NS(u)>`` (Bernstein & Newhouse, arXiv 2409.20325).
+    mu_dtype: the momentum's dtype. Default None: float32 or wider whatever
+      the leaf dtype (optax's None keeps the leaf dtype, in which a
+      float16 ``(1-β) g`` underflows and the step is lost); costs 4 bytes
+      per orthogonalized float16/bfloat16 parameter instead of 2.
+    weight_dimension_numbers: how each leaf is read as matrices: a tree of
+      :class:`optax.contrib.MuonDimensionNumbers` (or a prefix of the
+      params, or a callable on them) with None for leaves that go to the
+      other optimizer, exactly as optax's ``muon_weight_dimension_numbers``;
+      :func:`flax_weight_dimension_numbers` builds it for a Flax NNX model.
+      Default None: the 2-D leaves are orthogonalized as ``(in, out)``, and
+      leaves of three or more dimensions go to the other optimizer with a
+      warning (their view is ambiguous).
+    mask: which leaves are orthogonalized, overriding the selection by
+      dimension numbers: a tree of bools or a callable on the params;
+      ``True`` for every leaf. A selected leaf of 3+ dimensions needs
+      dimension numbers.
+    adam_learning_rate: the other optimizer's learning rate (default the
+      same as ``learning_rate``).
+    adam_b1: the other optimizer's Adam β₁.
+    adam_b2: the other optimizer's Adam β₂.
+    adam_weight_decay: its decoupled weight decay (default
+      ``weight_decay``).
+    other: the whole transformation for the remaining leaves, replacing
+      the AdamW built from the ``adam_*`` arguments (default
+      ``optax.adamw(adam_learning_rate, b1=adam_b1, b2=adam_b2, eps=1e-10,
+      weight_decay=adam_weight_decay)`` computed in float32).
+    bias_correction: bias-correct the momentum as
+      ``optax.contrib.scale_by_muon`` does (for parity with optax; the
+      reference does not, so early steps differ).
+    axis_name: orthogonalization needs each matrix whole, so a mapped axis
+      over which the leaves are shards is refused with a ``ValueError``;
+      gather the matrices first, or use ``jit`` with sharded arrays (GSPMD
+      computes on the logical matrix; explicit-mesh shards are gathered).
+"""
+
+
 def muon(learning_rate: ScalarOrSchedule, *, beta: float = 0.95,
          nesterov: bool = True, weight_decay: float = 0.0,
-         ns_steps: int = 5,
-         ns_coeffs: tuple[float, float, float] = lmo.NS_COEFFS,
-         eps: float = 0.0, mask: Mask = None,
+         weight_decay_mask=None, ns_steps: int = 5,
+         ns_coeffs: lmo.CoeffSpec = lmo.NS_COEFFS,
+         preconditioning: str = "frobenius", eps: float = 0.0,
+         consistent_rms: float | None = None, adaptive: bool = False,
+         mu_dtype=None, weight_dimension_numbers=None, mask: Mask = None,
+         adam_learning_rate: ScalarOrSchedule | None = None,
+         adam_b1: float = 0.9, adam_b2: float = 0.95,
+         adam_weight_decay: float | None = None,
          other: optax.GradientTransformation | None = None,
          bias_correction: bool = False,
          axis_name: str | None = None) -> optax.GradientTransformation:
   r"""Muon: momentum orthogonalized by Newton-Schulz, on hidden matrices.
 
-  For each matrix leaf ``W`` (Flax layout ``(d_in, d_out)``; a conv kernel
-  ``(kh, kw, in, out)`` viewed as ``(kh·kw·in, out)``):
+  For each orthogonalized leaf, read as matrices ``(fan_in, fan_out)`` by its
+  dimension numbers (Flax layout, ``y = x W``; other axes a batch):
 
   .. math::
     m_{t+1} = \beta m_t + (1-\beta) g_t, \quad
     u = (1-\beta) g_t + \beta m_{t+1}\ \text{(Nesterov; else } u = m_{t+1}),
 
-    W \leftarrow (1 - \eta\lambda) W - \eta \sqrt{\max(1, d_{out}/d_{in})}\,
-    \mathrm{NS}(u),
+    W \leftarrow (1 - \eta\lambda) W - \eta\, s\, \mathrm{NS}(u), \quad
+    s = \sqrt{\max(1, \text{fan}_{out}/\text{fan}_{in})}
+    \ \text{or}\ c\sqrt{\max(\text{fan}_{in}, \text{fan}_{out})},
 
-  with ``NS`` the quintic Newton-Schulz iteration started from
-  ``u / ‖u‖_F`` (``normalize_per_block(norm="spectral")``: exact at any
-  gradient scale, computed in float32 or wider). Leaves outside ``mask`` go
-  through ``other``.
+  with ``NS`` the quintic Newton-Schulz iteration started from ``u`` over
+  its exact Frobenius norm (``normalize_per_block(norm="spectral")``: exact
+  at any gradient scale, computed in float32 or wider). Other leaves go
+  through ``other`` (AdamW).
 
-  Differences from ``optax.contrib.muon``: the momentum is not
-  bias-corrected (Jordan et al.'s reference does not; optax's is, so the two
-  differ in early steps), the pre-scale divides by the exact Frobenius norm
-  (optax adds ``eps = 1e-8``, which changes the update at small gradient
-  scales and zeroes it at large ones), and conv kernels are orthogonalized
-  by default (optax sends leaves with more than two dimensions to Adam).
+  With the same dimension numbers, ``bias_correction=True`` and
+  ``eps=1e-8`` the step is ``optax.contrib.muon``'s. By default it differs
+  from optax's in three documented ways: the momentum is not
+  bias-corrected (the reference's), the pre-scale has no ``eps`` (optax's
+  ``1e-8`` changes the step at small gradient scales and zeroes it at
+  large ones), and the momentum is float32 for low-precision leaves.
 
   Args:
-    learning_rate: η, a constant or an optax schedule (applied to the
-      matrices; ``other`` has its own).
+    learning_rate: η, a constant or an optax schedule (of the orthogonalized
+      leaves; ``adam_learning_rate`` for the others).
     beta: momentum β in [0, 1) (reference: 0.95).
     nesterov: use the Nesterov form (reference: True).
-    weight_decay: decoupled weight decay λ of the matrices (the step
-      multiplies them by ``1 - ηλ``).
-    ns_steps: Newton-Schulz iterations.
-    ns_coeffs: the iteration's ``(a, b, c)``.
-    eps: added to the Frobenius norm of the pre-scale.
-    mask: which leaves are orthogonalized: a tree of bools or a callable on
-      the params (default :func:`hidden_matrices`, every leaf with two or
-      more dimensions); ``True`` for every leaf.
-    other: the transformation for the remaining leaves, a complete
-      optimizer including its learning rate (default
-      ``optax.adamw(learning_rate, b1=0.9, b2=0.95, eps=1e-10,
-      weight_decay=weight_decay)`` computed in float32 whatever the leaf
-      dtype, the reference's Adam settings at Muon's learning rate; pass
-      your own for the reference's separate Adam rate).
-    bias_correction: bias-correct the momentum as
-      ``optax.contrib.scale_by_muon`` does (its momentum, for parity with
-      optax; the reference does not, so early steps differ).
-    axis_name: orthogonalization needs each matrix whole, so a mapped axis
-      over which the leaves are shards is refused with a ``ValueError``;
-      gather the matrices first, or use ``jit`` with sharded arrays (GSPMD
-      computes on the logical matrix, tested).
-
+    {family_args}
   Returns:
     An ``optax.GradientTransformation``.
 
   Example:
     >>> import jax, jax.numpy as jnp, normopt, optax
-    >>> tx = normopt.muon(0.02)
+    >>> from optax.contrib import MuonDimensionNumbers as MDN
+    >>> params = {'w': jnp.ones((4, 3)), 'qkv': jnp.ones((4, 2, 3)),
+    ...           'b': jnp.zeros(3)}
+    >>> dims = {'w': MDN(0, 1), 'qkv': MDN(0, (1, 2)), 'b': None}
+    >>> tx = normopt.muon(0.02, weight_dimension_numbers=dims)
+    >>> grads = jax.tree.map(jnp.ones_like, params)
+    >>> u, _ = tx.update(grads, tx.init(params), params)
+    >>> jax.tree.map(jnp.shape, u)
+    {'b': (3,), 'qkv': (4, 2, 3), 'w': (4, 3)}
+
+  References:
+    Jordan, Jin, Boza, You, Cesista, Newhouse, Bernstein, *Muon: An
+    optimizer for hidden layers in neural networks*, 2024 (reference code
+    ``KellerJordan/Muon``); Liu et al., *Muon is Scalable for LLM
+    Training*, arXiv 2502.16982 (``consistent_rms``); Amsel et al., *The
+    Polar Express*, arXiv 2505.16932; Pethick et al., *Training Deep
+    Learning Models with Norm-Constrained LMOs*, ICML 2025, Table 1.
+  """
+  return _muon_family(
+      "muon", learning_rate, beta=beta, nesterov=nesterov,
+      weight_decay=weight_decay, weight_decay_mask=weight_decay_mask,
+      ns_steps=ns_steps, ns_coeffs=ns_coeffs,
+      preconditioning=preconditioning, eps=eps,
+      consistent_rms=consistent_rms, adaptive=adaptive, mu_dtype=mu_dtype,
+      weight_dimension_numbers=weight_dimension_numbers, mask=mask,
+      adam_learning_rate=adam_learning_rate, adam_b1=adam_b1,
+      adam_b2=adam_b2, adam_weight_decay=adam_weight_decay, other=other,
+      bias_correction=bias_correction, axis_name=axis_name)
+
+
+def _family_doc(fn, drop=()):
+  """Puts the shared argument entries (less ``drop``) into ``fn``'s
+  docstring in place of ``{family_args}``."""
+  entries = re.split(r"\n(?=    \w+(?:, \w+)*:)", _MUON_FAMILY_ARGS.strip("\n"))
+  kept = [e for e in entries if e.split(":")[0].strip() not in drop]
+  fn.__doc__ = fn.__doc__.replace("    {family_args}\n",
+                                  "\n".join(kept) + "\n\n")
+  return fn
+
+
+_family_doc(muon)
+
+
+def normuon(learning_rate: ScalarOrSchedule, *, beta: float = 0.95,
+            b2: float = 0.95, nesterov: bool = True,
+            weight_decay: float = 0.0, weight_decay_mask=None,
+            ns_steps: int = 5, ns_coeffs: lmo.CoeffSpec = lmo.NS_COEFFS,
+            preconditioning: str = "frobenius", eps: float = 0.0,
+            consistent_rms: float | None = None, mu_dtype=None,
+            weight_dimension_numbers=None, mask: Mask = None,
+            adam_learning_rate: ScalarOrSchedule | None = None,
+            adam_b1: float = 0.9, adam_b2: float = 0.95,
+            adam_weight_decay: float | None = None,
+            other: optax.GradientTransformation | None = None,
+            axis_name: str | None = None) -> optax.GradientTransformation:
+  r"""NorMuon: Muon with neuron-wise normalization of the orthogonal step.
+
+  Muon's momentum and orthogonalization ``O = NS(u)``, then, for each
+  matrix and each output neuron ``j`` (a column in Flax layout):
+
+  .. math::
+    v_j \leftarrow \beta_2 v_j + (1-\beta_2)\,\mathrm{mean}_i O_{ij}^2,
+    \quad \hat O_{ij} = O_{ij} / (\sqrt{v_j} + 10^{-10}),
+
+    \hat O \leftarrow \hat O\,\|O\|_F / (\|\hat O\|_F + 10^{-10}),
+    \quad W \leftarrow (1-\eta\lambda) W - \eta\, s\, \hat O,
+
+  ``s`` Muon's shape factor. The rescale keeps the update's Frobenius norm
+  Muon's, and redistributes it so that every output neuron moves at a
+  similar RMS (the authors' ``zichongli5/NorMuon`` code; its PyTorch rows
+  are Flax's columns). ``v`` is float32, one entry per output neuron, not
+  bias-corrected.
+
+  Args:
+    learning_rate: η, a constant or an optax schedule.
+    beta: momentum β in [0, 1) (authors: 0.95).
+    b2: β₂ of the neuron-wise second moment in [0, 1) (authors: 0.95).
+    nesterov: use the Nesterov form (authors: True).
+    {family_args}
+  Returns:
+    An ``optax.GradientTransformation``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, normopt
     >>> params = {'w': jnp.ones((4, 3)), 'b': jnp.zeros(3)}
+    >>> tx = normopt.normuon(0.02)
     >>> grads = {'w': jnp.arange(12.).reshape(4, 3), 'b': jnp.ones(3)}
     >>> u, _ = tx.update(grads, tx.init(params), params)
     >>> jax.tree.map(jnp.shape, u)
     {'b': (3,), 'w': (4, 3)}
 
   References:
-    Jordan, Jin, Boza, You, Cesista, Newhouse, Bernstein, *Muon: An
-    optimizer for hidden layers in neural networks*, 2024 (reference code
-    ``KellerJordan/Muon``);
-    Pethick et al., *Training Deep Learning Models with Norm-Constrained
-    LMOs*, ICML 2025, Table 1.
+    Li et al., *NorMuon: Making Muon more efficient and scalable*, arXiv
+    2510.05491 (code ``zichongli5/NorMuon``).
   """
-  check_non_negative("learning_rate", learning_rate)
-  check_in_range("beta", beta, 0.0, 1.0, high_inclusive=False)
-  check_non_negative("weight_decay", weight_decay)
-  momentum = (_bias_corrected_momentum(beta, nesterov) if bias_correction
-              else heavy_ball(beta, ema=True, nesterov=nesterov))
-  matrices = optax.chain(
-      momentum,
-      normalize_per_block(norm="spectral", eps=eps, ns_steps=ns_steps,
-                          ns_coeffs=ns_coeffs, axis_name=axis_name),
-      _scale_by_shape_factor(),
-      optax.add_decayed_weights(weight_decay),
-      optax.scale_by_learning_rate(learning_rate),
-  )
-  if other is None:
-    other = _in_float32(optax.adamw(learning_rate, b1=0.9, b2=0.95, eps=1e-10,
-                                    weight_decay=weight_decay))
-  if mask is True:
-    return optax.chain(_float_updates(), matrices)
-  chosen = hidden_matrices if mask is None else mask
-
-  def labels(params):
-    flags = chosen(params) if callable(chosen) else chosen
-    return jax.tree.map(lambda f: "muon" if f else "other", flags)
-
-  return optax.chain(_float_updates(), optax.multi_transform(
-      {"muon": matrices, "other": other}, labels))
+  check_in_range("b2", b2, 0.0, 1.0, high_inclusive=False)
+  return _muon_family(
+      "normuon", learning_rate, beta=beta, nesterov=nesterov,
+      weight_decay=weight_decay, weight_decay_mask=weight_decay_mask,
+      ns_steps=ns_steps, ns_coeffs=ns_coeffs,
+      preconditioning=preconditioning, eps=eps,
+      consistent_rms=consistent_rms, adaptive=False, mu_dtype=mu_dtype,
+      weight_dimension_numbers=weight_dimension_numbers, mask=mask,
+      adam_learning_rate=adam_learning_rate, adam_b1=adam_b1,
+      adam_b2=adam_b2, adam_weight_decay=adam_weight_decay, other=other,
+      bias_correction=False, axis_name=axis_name, neuron_b2=b2)
 
 
-def scion_norms(params):
-  """Scion's default ("Auto") norm per leaf: ``"spectral"`` for leaves with
-  two or more dimensions (dense and conv kernels), ``"rms"`` for the rest
-  (biases, scales; the reference's BiasRMS).
+_family_doc(normuon, drop=("adaptive", "bias_correction"))
+
+
+def scion_norms(params, weight_dimension_numbers=None):
+  """Scion's default ("Auto") norm per leaf: ``"spectral"`` for the leaves
+  read as matrices (2-D leaves, and those with dimension numbers: dense,
+  conv and attention kernels), ``"rms"`` for the rest (biases, scales; the
+  reference's BiasRMS).
 
   Args:
     params: the params (any pytree of arrays).
+    weight_dimension_numbers: as in :func:`scion`; a leaf with None there
+      gets ``"rms"``.
 
   Returns:
     A tree like ``params`` of norm names for :func:`scion`.
@@ -879,32 +1176,44 @@ def scion_norms(params):
     Pethick et al., *Training Deep Learning Models with Norm-Constrained
     LMOs*, ICML 2025 (reference code ``LIONS-EPFL/scion``, ``Auto``).
   """
-  return jax.tree.map(lambda p: "spectral" if jnp.ndim(p) >= 2 else "rms",
-                      params)
+  per_leaf = lmo.leaf_dimension_numbers(weight_dimension_numbers, params)
+  leaves = jax.tree.leaves(params)
+  if weight_dimension_numbers is None:
+    names = ["spectral" if jnp.ndim(p) == 2 else "rms" for p in leaves]
+  else:
+    names = ["rms" if d is None else "spectral" for d in per_leaf]
+  return jax.tree.structure(params).unflatten(names)
 
 
-def _scion_factor(name: str, shape: tuple[int, ...]) -> float:
+def _scion_factor(name: str, shape: tuple[int, ...], dims) -> float:
   """The reference's per-norm scale of the unit direction, Flax layout
-  (a kernel ``(..., d_in, d_out)``; ``K`` the product of a conv kernel's
-  spatial sizes): spectral ``sqrt(d_out/d_in)/K`` (Spectral, SpectralConv),
-  sign ``1/d_in`` (Sign), col ``1/sqrt(rows)`` (its RowNorm: each output
-  unit's column), row ``sqrt(cols)`` (its ColNorm: each input unit's row),
-  rms and l2 ``1`` (BiasRMS is the rms direction)."""
+  (``fan_in`` rows, ``fan_out`` columns; ``d_in`` the size of the last
+  reduction axis and ``K`` the product of the other reduction axes, a conv
+  kernel's taps): spectral ``sqrt(fan_out/d_in)/K`` (Spectral,
+  SpectralConv), sign ``1/d_in`` (Sign), col ``1/sqrt(fan_in)`` (its
+  RowNorm: each output unit's column), row ``sqrt(fan_out)`` (its ColNorm:
+  each input unit's row), rms and l2 ``1`` (BiasRMS is the rms
+  direction)."""
+  if name in ("rms", "l2") or len(shape) < 2:
+    return 1.0
+  if dims is None and len(shape) != 2:  # sign needs no matrix view
+    return 1.0 / shape[-2]
+  axes = lmo.matrix_axes(shape, dims)
+  fan_in, fan_out = lmo.fans(shape, axes)
+  d_in = shape[axes.reduction[-1]]
   if name == "spectral":
-    return math.sqrt(shape[-1] / shape[-2]) / math.prod(shape[:-2])
+    return math.sqrt(fan_out / d_in) / (fan_in // d_in)
   if name == "sign":
-    return 1.0 / shape[-2] if len(shape) >= 2 else 1.0
+    return 1.0 / d_in
   if name == "col":
-    return 1.0 / math.sqrt(math.prod(shape[:-1]))
-  if name == "row":
-    return math.sqrt(shape[-1])
-  return 1.0
+    return 1.0 / math.sqrt(fan_in)
+  return math.sqrt(fan_out)  # row
 
 
 def scion(learning_rate: ScalarOrSchedule, *, beta: float = 0.9,
           norms=None, radius=1.0, unconstrained: bool = False,
-          ns_steps: int = 5,
-          ns_coeffs: tuple[float, float, float] = lmo.NS_COEFFS,
+          ns_steps: int = 5, ns_coeffs: lmo.CoeffSpec = lmo.NS_COEFFS,
+          weight_dimension_numbers=None, mu_dtype=None,
           axis_name: str | None = None) -> optax.GradientTransformation:
   r"""Scion: momentum through a norm-constrained LMO, a norm per layer.
 
@@ -918,28 +1227,37 @@ def scion(learning_rate: ScalarOrSchedule, *, beta: float = 0.9,
 
   with :math:`u_l` the unit-norm steepest direction of
   :func:`normalize_per_block` under the leaf's norm and :math:`s_l` the
-  reference's shape scale (Flax layout ``(..., d_in, d_out)``, ``K`` the
-  product of a conv kernel's spatial sizes): ``"spectral"``
-  :math:`\sqrt{d_{out}/d_{in}}/K` (Spectral / SpectralConv), ``"sign"``
-  :math:`1/d_{in}` (Sign), ``"col"`` :math:`1/\sqrt{\text{rows}}` (the
-  reference's RowNorm, per output unit), ``"row"``
-  :math:`\sqrt{\text{cols}}` (its ColNorm, per input unit), ``"rms"`` 1
-  (BiasRMS). Directions are exact at any gradient scale and computed in
-  float32 or wider; the reference's ``1e-8`` in its divisions is omitted.
+  reference's shape scale, in Flax layout through the leaf's dimension
+  numbers (``fan_in`` rows, ``fan_out`` columns, ``d_in`` the last
+  reduction axis, ``K`` the product of the other reduction axes, a conv
+  kernel's taps): ``"spectral"`` :math:`\sqrt{\text{fan}_{out}/d_{in}}/K`
+  (Spectral / SpectralConv), ``"sign"`` :math:`1/d_{in}` (Sign), ``"col"``
+  :math:`1/\sqrt{\text{fan}_{in}}` (the reference's RowNorm, per output
+  unit), ``"row"`` :math:`\sqrt{\text{fan}_{out}}` (its ColNorm, per input
+  unit), ``"rms"`` 1 (BiasRMS). Directions are exact at any gradient scale
+  and computed in float32 or wider; the reference's ``1e-8`` in its
+  divisions is omitted.
 
   Args:
     learning_rate: γ, a constant or an optax schedule.
     beta: momentum β in [0, 1); the reference's ``momentum`` is ``1 - β``
       (its recipes use 0.1, i.e. β = 0.9).
     norms: the norm of each leaf: a tree of names like the params or a
-      callable on the params (default :func:`scion_norms`).
+      callable on the params (default :func:`scion_norms`: spectral for
+      the leaves read as matrices, rms for the rest; leaves of 3 or more
+      dimensions without dimension numbers get rms, with a warning).
     radius: ρ, a number or a tree of numbers like the params (per layer
       group: e.g. 50 for hidden matrices and 3000 for the head in the
       reference's nanoGPT recipe).
     unconstrained: drop the constrained variant's ``(1 - γ)`` shrinkage
       (the reference's ``unconstrained``; default False, as there).
     ns_steps: Newton-Schulz iterations of the spectral norm.
-    ns_coeffs: the iteration's ``(a, b, c)``.
+    ns_coeffs: the iteration's ``(a, b, c)``, a table or a preset (see
+      :func:`muon`).
+    weight_dimension_numbers: the matrix view of each leaf, as in
+      :func:`muon` (a conv kernel ``(kh, kw, in, out)`` is
+      ``MuonDimensionNumbers((0, 1, 2), 3)``).
+    mu_dtype: the momentum's dtype (default float32 or wider).
     axis_name: for norms that are sums over the leaf (``"rms"``,
       ``"sign"``); the matrix norms refuse it (gather the matrices, or use
       ``jit`` with sharded arrays).
@@ -965,30 +1283,53 @@ def scion(learning_rate: ScalarOrSchedule, *, beta: float = 0.9,
   """
   check_non_negative("learning_rate", learning_rate)
   check_in_range("beta", beta, 0.0, 1.0, high_inclusive=False)
-  chosen = scion_norms if norms is None else norms
+  dims = weight_dimension_numbers
 
   def names_of(tree):
-    return chosen(tree) if callable(chosen) else chosen
+    if norms is None:
+      return scion_norms(tree, dims)
+    return norms(tree) if callable(norms) else norms
 
   def scale(updates, params=None):
     del params
     names = jax.tree.leaves(names_of(updates))
     leaves, treedef = jax.tree.flatten(updates)
+    per_leaf = lmo.leaf_dimension_numbers(dims, updates)
     radii = ([radius] * len(leaves)
              if jax.tree_util.treedef_is_leaf(jax.tree.structure(radius))
              else treedef.flatten_up_to(radius))
     for r in radii:
       check_non_negative("radius", r)
     return treedef.unflatten([
-        u * jnp.asarray(r * _scion_factor(n, u.shape), u.dtype)
-        for u, n, r in zip(leaves, names, radii)])
+        u * jnp.asarray(r * _scion_factor(n, u.shape, d), u.dtype)
+        for u, n, r, d in zip(leaves, names, radii, per_leaf)])
 
-  return optax.chain(
+  tx = optax.chain(
       _float_updates(),
-      heavy_ball(beta, ema=True),
-      normalize_per_block(norm=names_of, ns_steps=ns_steps,
-                          ns_coeffs=ns_coeffs, axis_name=axis_name),
+      _in_float32(optax.chain(
+          heavy_ball(beta, ema=True, mu_dtype=mu_dtype),
+          normalize_per_block(norm=names_of, ns_steps=ns_steps,
+                              ns_coeffs=ns_coeffs,
+                              weight_dimension_numbers=dims,
+                              axis_name=axis_name))),
       optax.stateless(scale),
       optax.add_decayed_weights(0.0 if unconstrained else 1.0),
       optax.scale_by_learning_rate(learning_rate),
   )
+
+  def init_fn(params):
+    if norms is None and dims is None:
+      skipped = [path for path, p in zip(numerics.leaf_paths(params),
+                                         jax.tree.leaves(params))
+                 if jnp.ndim(p) >= 3]
+      if skipped:
+        warnings.warn(
+            f"scion: {len(skipped)} leaves of 3 or more dimensions "
+            f"({', '.join(skipped[:4])}{' ...' if len(skipped) > 4 else ''}) "
+            "get the rms norm, since their matrix view is ambiguous; pass "
+            "weight_dimension_numbers (normopt.flax_weight_dimension_numbers"
+            "(model) for Flax NNX) to give them the spectral norm",
+            stacklevel=2)
+    return tx.init(params)
+
+  return optax.GradientTransformation(init_fn, tx.update)

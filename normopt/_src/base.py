@@ -1,9 +1,9 @@
 """Shared types and argument checks, in one vocabulary.
 
 Every check raises ``ValueError`` naming the argument. Schedules (callables
-of the step count) and traced values (``optax.inject_hyperparams`` under
-``jit``) cannot be checked when the transformation is built and are
-accepted as they are.
+of the step count) are checked at step 0 only: a schedule that turns
+negative later, like a traced value (``optax.inject_hyperparams`` under
+``jit``), cannot be checked when the transformation is built.
 """
 
 from __future__ import annotations
@@ -19,8 +19,15 @@ ScalarOrSchedule = optax.ScalarOrSchedule
 
 
 def _concrete_float(value) -> float | None:
-  """``value`` as a Python float, or None for schedules and traced values."""
-  if callable(value) or isinstance(value, jax.core.Tracer):
+  """``value`` as a Python float, or None for traced values; a schedule is
+  checked at step 0 (where it returns a concrete number). Later steps
+  under ``jit`` are traced and cannot be checked."""
+  if callable(value):
+    try:
+      value = value(0)
+    except Exception:  # a schedule that needs a traced or array count
+      return None
+  if isinstance(value, jax.core.Tracer):
     return None
   array = np.asarray(value)
   if array.shape != ():

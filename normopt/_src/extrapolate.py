@@ -84,7 +84,7 @@ def igt_extrapolate(beta: ScalarOrSchedule) -> optax.GradientTransformation:
     if params is None:
       raise ValueError("igt_extrapolate needs the params (x_t): call "
                        "update(updates, state, params)")
-    numerics.check_float_leaves(jax.tree.leaves(updates))
+    numerics.check_float_leaves(updates)
     count = optax.safe_increment(state.count)
     b = evaluate(beta, count)
     c_next = b / (1.0 - b)

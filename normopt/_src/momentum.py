@@ -29,8 +29,8 @@ class QhCombineState(NamedTuple):
   ema: Any
 
 
-def _zeros_like(tree):
-  return jax.tree.map(jnp.zeros_like, tree)
+def _zeros_like(tree, dtype=None):
+  return jax.tree.map(lambda x: jnp.zeros_like(x, dtype=dtype), tree)
 
 
 MomentumInit = Literal["zero", "first"]
@@ -42,6 +42,7 @@ def heavy_ball(
     nesterov: bool = False,
     ema: bool = False,
     init: MomentumInit = "zero",
+    mu_dtype: Any = None,
 ) -> optax.GradientTransformation:
   r"""Heavy-ball momentum: ``u ← β u + c·g``.
 
@@ -59,10 +60,13 @@ def heavy_ball(
     ema: weight the incoming update by ``1 - β`` (an exponential moving
       average, as in normalized SGD with momentum).
     init: ``"zero"`` (``u_0 = 0``) or ``"first"`` (``u_1 = g_1``).
+    mu_dtype: the dtype the buffer is kept in (default: each leaf's own).
+      The output is in the updates' dtype.
 
   Returns:
-    An ``optax.GradientTransformation`` whose state holds the buffer in each
-    leaf's dtype (arithmetic is done in float32 or wider).
+    An ``optax.GradientTransformation`` whose state holds the buffer in
+    ``mu_dtype`` or each leaf's dtype (arithmetic is done in float32 or
+    wider).
 
   Example:
     >>> import jax.numpy as jnp, normopt
@@ -83,11 +87,11 @@ def heavy_ball(
 
   def init_fn(params):
     return HeavyBallState(count=jnp.zeros((), jnp.int32),
-                          momentum=_zeros_like(params))
+                          momentum=_zeros_like(params, mu_dtype))
 
   def update_fn(updates, state, params=None):
     del params
-    numerics.check_float_leaves(jax.tree.leaves(updates))
+    numerics.check_float_leaves(updates)
     b = evaluate(beta, state.count)
     c = 1.0 - b if ema else jnp.ones_like(b)
     if init == "first":
@@ -97,6 +101,8 @@ def heavy_ball(
       a, c_in = b, c
     momentum = numerics.axpby(a, state.momentum, c_in, updates)
     out = numerics.axpby(b, momentum, c_in, updates) if nesterov else momentum
+    if mu_dtype is not None:
+      out = jax.tree.map(lambda o, g: o.astype(g.dtype), out, updates)
     return out, HeavyBallState(optax.safe_increment(state.count), momentum)
 
   return optax.GradientTransformation(init_fn, update_fn)
@@ -146,7 +152,7 @@ def qh_combine(beta: ScalarOrSchedule, *,
 
   def update_fn(updates, state, params=None):
     del params
-    numerics.check_float_leaves(jax.tree.leaves(updates))
+    numerics.check_float_leaves(updates)
     b = evaluate(beta, state.count)
     v = evaluate(nu, state.count)
     d = numerics.axpby(b, state.ema, 1.0 - b, updates)

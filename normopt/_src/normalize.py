@@ -73,7 +73,7 @@ def normalize_global(
   def update_fn(updates, state, params=None):
     del params
     leaves, treedef = jax.tree.flatten(updates)
-    numerics.check_float_leaves(leaves)
+    numerics.check_float_leaves(updates)
     norm = numerics.global_norm(leaves, axis_name)
     out = [numerics.divide_by_norm(x, norm + eps) for x in leaves]
     return (jax.tree.unflatten(treedef, out),
@@ -112,14 +112,33 @@ def _norm_names(norm: NormSpec, updates, resolved) -> list[str]:
   return per_block
 
 
+def _matrix_dims(spec, updates, resolved, kinds) -> list:
+  """Each leaf's dimension numbers; a ``ValueError`` naming the path of a
+  matrix-norm leaf that has no matrix view."""
+  dims = lmo.leaf_dimension_numbers(spec, updates)
+  paths = numerics.leaf_paths(updates)
+  leaves = jax.tree.leaves(updates)
+  for k, group in enumerate(resolved.groups):
+    if kinds[k] in lmo.MATRIX_NORMS:
+      (i,) = group
+      try:
+        lmo.matrix_axes(leaves[i].shape, dims[i])
+      except ValueError as err:
+        raise ValueError(f"leaf {paths[i]}: {err}") from None
+  return dims
+
+
 def normalize_per_block(
     *,
     eps: float = 0.0,
     blocks: blocks_lib.BlockSpec = None,
     norm: NormSpec = "l2",
     ns_steps: int = 5,
-    ns_coeffs: tuple[float, float, float] = lmo.NS_COEFFS,
+    ns_coeffs: lmo.CoeffSpec = lmo.NS_COEFFS,
+    preconditioning: str = "frobenius",
     exact_svd: bool = False,
+    weight_dimension_numbers: lmo.DimsSpec = None,
+    adaptive: bool = False,
     axis_name: str | None = None,
 ) -> optax.GradientTransformation:
   r"""Replaces each block by its unit-norm steepest direction.
@@ -138,9 +157,12 @@ def normalize_per_block(
   ℓ∞ ball: Signum), ``"col"`` / ``"row"`` (each column / row of the matrix
   over its own ℓ2 norm) and ``"spectral"`` (the polar factor ``U Vᵀ`` of
   ``g = U S Vᵀ``: Muon's orthogonalization). The matrix norms take one leaf
-  per block and view a leaf with more than two dimensions as
-  ``reshape(-1, shape[-1])`` (a Flax conv kernel ``(kh, kw, in, out)`` as
-  ``(kh·kw·in, out)``).
+  per block and read it as matrices through ``weight_dimension_numbers``
+  (optax's :class:`~optax.contrib.MuonDimensionNumbers`: reduction axes are
+  rows, output axes columns, other axes a batch of separate matrices); a
+  2-D leaf defaults to ``(0, 1)``, a leaf of more dimensions must be given
+  its view (``(in, heads, head_dim)`` and ``(kh, kw, in, out)`` cannot be
+  told apart by shape).
 
   By default a block is one leaf (one layer's tensor). A zero block maps to
   zeros, never to NaN; each leaf keeps its dtype; norms and directions are
@@ -158,9 +180,26 @@ def normalize_per_block(
     ns_steps: Newton-Schulz iterations of the spectral norm.
     ns_coeffs: the iteration's ``(a, b, c)``: ``X ← aX + (bA + cA²)X``,
       ``A = XXᵀ`` (default: Jordan et al.'s quintic, which returns singular
-      values in about [0.7, 1.1] rather than exactly 1, by design).
+      values in about [0.7, 1.1] rather than exactly 1, by design); or an
+      ``(n, 3)`` table whose row ``i`` is used at iteration ``i`` (its last
+      row repeating past its end; a longer table has its first ``ns_steps``
+      rows used); or a preset: ``"standard"``, ``"dion"``,
+      ``"polar_express"`` (Amsel et al., Alg. 1).
+    preconditioning: how each matrix is brought to spectral norm ≤ 1
+      before the iteration: ``"frobenius"`` (divide by ``‖·‖_F + eps``),
+      ``"spectral"`` (by ``‖·‖₂ + eps``, an SVD), ``"schatten"`` (by the
+      Schatten-4 norm), ``"aol"`` (row scaling ``diag(Σ_j|A_ij|)^{-1/2}``
+      of ``A = XXᵀ``); optax's names and formulas, made exact at any scale.
     exact_svd: compute the spectral direction by SVD (exact ``U Vᵀ``; slow,
       for tests and references).
+    weight_dimension_numbers: the matrix view of each leaf for the matrix
+      norms: one :class:`optax.contrib.MuonDimensionNumbers`, a tree of them
+      (or None) shaped like the params or a prefix of them, or a callable
+      on the params returning one (the same values optax's Muon takes).
+    adaptive: multiply each block's direction by its dual norm, the step
+      of steepest descent with the dual-norm step size (Bernstein &
+      Newhouse, *Old Optimizer, New Norm*, arXiv 2409.20325; optax Muon's
+      ``adaptive``). Not scale-invariant, by design.
     axis_name: mapped axis over which the leaves are shards of one tree; the
       block sums are ``psum``-ed over it (l2, rms, sign; the matrix norms
       need whole matrices and raise).
@@ -193,8 +232,13 @@ def normalize_per_block(
   """
   check_non_negative("eps", eps)
   check_positive_int("ns_steps", ns_steps)
-  if len(ns_coeffs) != 3:
-    raise ValueError(f"ns_coeffs must be (a, b, c), got {ns_coeffs!r}")
+  lmo.ns_table(ns_coeffs)  # raises on a bad table or preset name
+  if preconditioning not in lmo.PRECONDITIONINGS:
+    raise ValueError(f"preconditioning must be one of "
+                     f"{', '.join(map(repr, lmo.PRECONDITIONINGS))}, got "
+                     f"{preconditioning!r}")
+  spectral = lmo.SpectralMethod(ns_steps, ns_coeffs, preconditioning,
+                                exact_svd)
 
   def init_fn(params):
     return NormalizePerBlockState(
@@ -203,7 +247,7 @@ def normalize_per_block(
   def update_fn(updates, state, params=None):
     del params
     leaves, treedef = jax.tree.flatten(updates)
-    numerics.check_float_leaves(leaves)
+    numerics.check_float_leaves(updates)
     resolved = blocks_lib.resolve(blocks, updates)
     kinds = _norm_names(norm, updates, resolved)
     if axis_name is not None and any(k in lmo.MATRIX_NORMS for k in kinds):
@@ -211,8 +255,8 @@ def normalize_per_block(
           "the spectral, col and row norms need each matrix whole: with "
           "axis_name the leaves are shards; gather them, or use jit with "
           "sharded arrays (GSPMD computes on the logical matrix)")
-    needs_l2 = [k for k, kind in enumerate(kinds)
-                if kind in ("l2", "rms", "spectral")]
+    needs_l2 = [k for k, kind in enumerate(kinds) if kind in ("l2", "rms")]
+    dims = _matrix_dims(weight_dimension_numbers, updates, resolved, kinds)
     l2 = numerics.block_norms(
         leaves, [resolved.groups[k] for k in needs_l2], axis_name)
     l2 = dict(zip(needs_l2, l2))
@@ -226,10 +270,9 @@ def normalize_per_block(
         continue
       directions, dual = lmo.direction(
           kinds[k], [leaves[i] for i in group], l2.get(k), eps=eps,
-          ns_steps=ns_steps, ns_coeffs=ns_coeffs, exact_svd=exact_svd,
-          axis_name=axis_name)
+          dims=dims[group[0]], spectral=spectral, axis_name=axis_name)
       for i, d in zip(group, directions):
-        out[i] = d
+        out[i] = d * dual.astype(d.dtype) if adaptive else d
       duals.append(dual)
     dtypes = [x.dtype for x in jax.tree.leaves(state.norms)]
     new_norms = blocks_lib.to_tree(

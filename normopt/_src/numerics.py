@@ -46,12 +46,24 @@ def accumulation_dtype(dtype) -> jnp.dtype:
   return jnp.promote_types(dtype, jnp.float32)
 
 
-def check_float_leaves(leaves, what: str = "updates") -> None:
-  """Raises a ``TypeError`` naming the first non-floating leaf of ``leaves``."""
-  for i, x in enumerate(leaves):
+def leaf_paths(tree) -> list[str]:
+  """Each leaf's path (``jax.tree_util.keystr``; an NNX ``Variable``'s
+  trailing ``.value`` dropped), in ``jax.tree.leaves`` order."""
+  out = []
+  for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    if path and getattr(path[-1], "name", None) == "value":
+      path = path[:-1]
+    out.append(jax.tree_util.keystr(path) or "<root>")
+  return out
+
+
+def check_float_leaves(tree, what: str = "updates") -> None:
+  """Raises a ``TypeError`` naming (by its path) the first non-floating leaf
+  of ``tree``."""
+  for path, x in zip(leaf_paths(tree), jax.tree.leaves(tree)):
     if not jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating):
       raise TypeError(
-          f"normopt needs floating-point {what}; leaf {i} has dtype "
+          f"normopt needs floating-point {what}; leaf {path} has dtype "
           f"{jnp.asarray(x).dtype} (shape {jnp.shape(x)}). Mask integer "
           "leaves out with optax.masked or drop them from the tree.")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import jax
@@ -56,7 +57,9 @@ def telemetry(opt_state: Any, *, learning_rate: Any = None) -> dict[str, Any]:
       state found in ``opt_state``, else none.
 
   Returns:
-    A dict of dicts of arrays (a pytree).
+    A dict of dicts of plain arrays (a pytree); Flax NNX wrappers (an
+    ``nnx.Optimizer``'s ``opt_state``) are unwrapped and NNX ``State``
+    trees become dicts.
 
   Example:
     >>> import jax.numpy as jnp, normopt
@@ -69,6 +72,7 @@ def telemetry(opt_state: Any, *, learning_rate: Any = None) -> dict[str, Any]:
     >>> float(info['trust_ratio_0']['effective_learning_rate']['k'])
     0.5
   """
+  opt_state = _without_nnx_wrappers(opt_state)
   if learning_rate is None:
     for s in find_states(opt_state, _INJECTED):
       learning_rate = s.hyperparams.get("learning_rate", learning_rate)
@@ -98,4 +102,20 @@ def telemetry(opt_state: Any, *, learning_rate: Any = None) -> dict[str, Any]:
       add("noise_scale", {"simple": s.trace / s.grad_sq,
                           "block_simple": jax.tree.map(
                               jnp.divide, s.block_trace, s.block_grad_sq)})
-  return out
+  return _without_nnx_wrappers(out, dicts=True)
+
+
+def _without_nnx_wrappers(tree, dicts: bool = False):
+  """``tree`` with Flax NNX variables (an ``nnx.Optimizer``'s
+  ``OptVariable``/``OptArray``) replaced by their arrays, and with
+  ``dicts`` its ``nnx.State`` containers by plain dicts. Flax is not
+  imported: a tree can only hold NNX types if the user already has."""
+  nnx = sys.modules.get("flax.nnx")
+  if nnx is None:
+    return tree
+  tree = nnx.as_pure(tree)
+  if not dicts:
+    return tree
+  return jax.tree.map(
+      lambda x: nnx.to_pure_dict(x) if isinstance(x, nnx.State) else x,
+      tree, is_leaf=lambda x: isinstance(x, nnx.State))

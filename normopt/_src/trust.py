@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple, Union, get_args
 
@@ -131,6 +132,14 @@ def trust_ratio(
     check_non_negative("clip", clip)
 
   def init_fn(params):
+    n = len(jax.tree.leaves(params))
+    if n and not any(_selected_blocks(mask, params,
+                                      blocks_lib.resolve(blocks, params))):
+      warnings.warn(
+          f"trust_ratio: the mask selects none of the {n} leaves, so no "
+          "trust ratio is applied and LARS / CLARS / LAMB reduce to their "
+          "base method (momentum SGD or Adam) at this learning rate; check "
+          "the mask (mask=True selects every leaf)", stacklevel=2)
     return TrustRatioState(
         blocks_lib.filled(blocks, params, 1.0, numerics.norm_dtype(params)),
         blocks_lib.filled(blocks, params, MASKED_OUT, jnp.int8))
@@ -142,8 +151,8 @@ def trust_ratio(
       raise ValueError("trust_ratio needs params: call update(g, state, params)")
     g_leaves, treedef = jax.tree.flatten(updates)
     w_leaves = treedef.flatten_up_to(params)
-    numerics.check_float_leaves(g_leaves)
-    numerics.check_float_leaves(w_leaves, "params")
+    numerics.check_float_leaves(updates)
+    numerics.check_float_leaves(params, "params")
     resolved = blocks_lib.resolve(blocks, params)
     selected = _selected_blocks(mask, params, resolved)
     groups = [g for g, keep in zip(resolved.groups, selected) if keep]
