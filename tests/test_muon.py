@@ -13,6 +13,7 @@ from optax.contrib import MuonDimensionNumbers as MDN
 
 import normopt
 from tests import reference, registry
+from tests.test_lmo import _quadratic
 
 HEADS, HEAD_DIM, WIDTH = 4, 16, 64
 
@@ -280,18 +281,7 @@ def test_batch_axes_are_separate_matrices():
 def test_normuon_matches_the_authors_update():
   """50 steps of NorMuon against a float64 transcription of the authors'
   code (PyTorch layout; Flax columns are its rows), float64."""
-  rng = np.random.default_rng(6)
-  shapes = {"a": (8, 5), "b": (4, 9)}
-  keys = sorted(shapes)
-  scale = [np.abs(rng.standard_normal(shapes[k])) + 0.5 for k in keys]
-  centre = [rng.standard_normal(shapes[k]) for k in keys]
-  noise = [[0.3 * rng.standard_normal(shapes[k]) for k in keys]
-           for _ in range(50)]
-  w0 = [0.1 * rng.standard_normal(shapes[k]) for k in keys]
-
-  def grad(w, t):  # Flax layout
-    return [s * (wi - c) + n for s, wi, c, n in zip(scale, w, centre,
-                                                     noise[t])]
+  keys, w0, grad = _quadratic(6, {"a": (8, 5), "b": (4, 9)})
 
   def grad_torch(w, t):
     return [x.T for x in grad([wi.T for wi in w], t)]
