@@ -824,15 +824,13 @@ def _neuron_wise_normalization(b2: float, dims, eps: float = 1e-10
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def _orthogonalized_leaves(name, params, mask, dims):
-  """Which leaves Muon orthogonalizes (a list of bools in leaf order) and
-  each one's dimension numbers (a list); a ``ValueError`` naming a selected
-  leaf that has no matrix view."""
+def _orthogonalized_leaves(name, params, mask, dims) -> list[bool]:
+  """Which leaves Muon orthogonalizes, in leaf order; a ``ValueError``
+  naming a selected leaf that has no matrix view."""
   leaves = jax.tree.leaves(params)
-  per_leaf = lmo.leaf_dimension_numbers(dims, params)
   if mask is None:
-    chosen = [d is not None for d in per_leaf] if dims is not None else [
-        jnp.ndim(p) == 2 for p in leaves]
+    chosen = ([d is not None for d in lmo.leaf_dimension_numbers(dims, params)]
+              if dims is not None else [jnp.ndim(p) == 2 for p in leaves])
   elif mask is True:
     chosen = [True] * len(leaves)
   else:
@@ -841,44 +839,42 @@ def _orthogonalized_leaves(name, params, mask, dims):
     if len(chosen) != len(leaves):
       raise ValueError(f"{name}: mask must give one bool per leaf, got "
                        f"{len(chosen)} for {len(leaves)} leaves")
-  paths = numerics.leaf_paths(params)
-  for path, p, keep, d in zip(paths, leaves, chosen, per_leaf):
-    if keep:
-      try:
-        lmo.matrix_axes(jnp.shape(p), d)
-      except ValueError as err:
-        raise ValueError(f"{name}: leaf {path}: {err}") from None
-  return chosen, per_leaf
+  lmo.checked_dimension_numbers(dims, params, chosen, who=f"{name}: ")
+  return chosen
 
 
-def _warn_on_init(name, params, mask, dims, chosen):
-  """Warns once, at init, when the selection silently changes the method:
-  nothing is orthogonalized, or leaves of 3+ dimensions go to the other
-  optimizer for want of dimension numbers."""
-  leaves, paths = jax.tree.leaves(params), numerics.leaf_paths(params)
-  if leaves and not any(chosen):
+def _warn_ambiguous_leaves(name, params, skipped, fate, remedy):
+  """Warns that the leaves flagged in ``skipped`` (of 3 or more dimensions,
+  with no dimension numbers) get ``fate`` instead of a matrix norm."""
+  paths = [path for path, skip in zip(numerics.leaf_paths(params), skipped)
+           if skip]
+  if paths:
+    shown = ", ".join(paths[:4]) + (" ..." if len(paths) > 4 else "")
     warnings.warn(
-        f"{name}: no leaf is orthogonalized (no 2-D leaf, and no "
-        "weight_dimension_numbers or mask selects one); every leaf goes to "
-        "the other optimizer (AdamW unless other is given), so this is not "
-        "Muon", stacklevel=3)
-  elif dims is None and mask is None:
-    skipped = [path for path, p, keep in zip(paths, leaves, chosen)
-               if not keep and jnp.ndim(p) >= 3]
-    if skipped:
-      shown = ", ".join(skipped[:4]) + (" ..." if len(skipped) > 4 else "")
-      warnings.warn(
-          f"{name}: {len(skipped)} leaves of 3 or more dimensions ({shown}) "
-          "go to the other optimizer, since their matrix view is ambiguous; "
-          "to orthogonalize conv and attention kernels pass "
-          "weight_dimension_numbers (normopt.flax_weight_dimension_numbers("
-          "model) for Flax NNX)", stacklevel=3)
+        f"{name}: {len(paths)} leaves of 3 or more dimensions ({shown}) "
+        f"{fate}, since their matrix view is ambiguous; pass "
+        "weight_dimension_numbers (normopt.flax_weight_dimension_numbers("
+        f"model) for Flax NNX) {remedy}", stacklevel=3)
 
 
 def _with_init_check(name, tx, mask, dims):
+  """``tx`` whose init warns once when the selection silently changes the
+  method: nothing is orthogonalized, or leaves of 3+ dimensions go to the
+  other optimizer for want of dimension numbers."""
   def init_fn(params):
-    chosen, _ = _orthogonalized_leaves(name, params, mask, dims)
-    _warn_on_init(name, params, mask, dims, chosen)
+    chosen = _orthogonalized_leaves(name, params, mask, dims)
+    if jax.tree.leaves(params) and not any(chosen):
+      warnings.warn(
+          f"{name}: no leaf is orthogonalized (no 2-D leaf, and no "
+          "weight_dimension_numbers or mask selects one); every leaf goes "
+          "to the other optimizer (AdamW unless other is given), so this is "
+          "not Muon", stacklevel=2)
+    elif dims is None and mask is None:
+      _warn_ambiguous_leaves(
+          name, params, [not keep and jnp.ndim(p) >= 3 for p, keep in
+                         zip(jax.tree.leaves(params), chosen)],
+          "go to the other optimizer",
+          "to orthogonalize conv and attention kernels")
     return tx.init(params)
   return optax.GradientTransformation(init_fn, tx.update)
 
@@ -895,13 +891,8 @@ def _muon_family(name, learning_rate, *, beta, nesterov, weight_decay,
   check_non_negative("weight_decay", weight_decay)
   if consistent_rms is not None:
     check_non_negative("consistent_rms", consistent_rms)
+  # A None view of a 2-D leaf is (0, 1) throughout (lmo.matrix_axes).
   dims = weight_dimension_numbers
-
-  def matrix_dims(tree):  # the given or default (2-D) view of every leaf
-    per_leaf = lmo.leaf_dimension_numbers(dims, tree)
-    return jax.tree.structure(tree).unflatten([
-        lmo.MuonDimensionNumbers(0, 1) if d is None and jnp.ndim(p) == 2
-        else d for p, d in zip(jax.tree.leaves(tree), per_leaf)])
 
   momentum = (_bias_corrected_momentum(beta, nesterov, mu_dtype)
               if bias_correction else
@@ -911,13 +902,13 @@ def _muon_family(name, learning_rate, *, beta, nesterov, weight_decay,
                                ns_coeffs=ns_coeffs,
                                preconditioning=preconditioning,
                                adaptive=adaptive,
-                               weight_dimension_numbers=matrix_dims,
+                               weight_dimension_numbers=dims,
                                axis_name=axis_name)]
   if neuron_b2 is not None:
-    links.append(_neuron_wise_normalization(neuron_b2, matrix_dims))
+    links.append(_neuron_wise_normalization(neuron_b2, dims))
   matrices = optax.chain(
       _in_float32(optax.chain(*links)),
-      _scale_by_shape(matrix_dims, consistent_rms),
+      _scale_by_shape(dims, consistent_rms),
       optax.add_decayed_weights(weight_decay, mask=weight_decay_mask),
       optax.scale_by_learning_rate(learning_rate),
   )
@@ -929,7 +920,7 @@ def _muon_family(name, learning_rate, *, beta, nesterov, weight_decay,
                       else adam_weight_decay)))
 
   def labels(params):
-    chosen, _ = _orthogonalized_leaves(name, params, mask, dims)
+    chosen = _orthogonalized_leaves(name, params, mask, dims)
     return jax.tree.structure(params).unflatten(
         ["muon" if c else "other" for c in chosen])
 
@@ -1176,12 +1167,12 @@ def scion_norms(params, weight_dimension_numbers=None):
     Pethick et al., *Training Deep Learning Models with Norm-Constrained
     LMOs*, ICML 2025 (reference code ``LIONS-EPFL/scion``, ``Auto``).
   """
-  per_leaf = lmo.leaf_dimension_numbers(weight_dimension_numbers, params)
-  leaves = jax.tree.leaves(params)
   if weight_dimension_numbers is None:
-    names = ["spectral" if jnp.ndim(p) == 2 else "rms" for p in leaves]
+    names = ["spectral" if jnp.ndim(p) == 2 else "rms"
+             for p in jax.tree.leaves(params)]
   else:
-    names = ["rms" if d is None else "spectral" for d in per_leaf]
+    names = ["rms" if d is None else "spectral" for d in
+             lmo.leaf_dimension_numbers(weight_dimension_numbers, params)]
   return jax.tree.structure(params).unflatten(names)
 
 
@@ -1319,17 +1310,9 @@ def scion(learning_rate: ScalarOrSchedule, *, beta: float = 0.9,
 
   def init_fn(params):
     if norms is None and dims is None:
-      skipped = [path for path, p in zip(numerics.leaf_paths(params),
-                                         jax.tree.leaves(params))
-                 if jnp.ndim(p) >= 3]
-      if skipped:
-        warnings.warn(
-            f"scion: {len(skipped)} leaves of 3 or more dimensions "
-            f"({', '.join(skipped[:4])}{' ...' if len(skipped) > 4 else ''}) "
-            "get the rms norm, since their matrix view is ambiguous; pass "
-            "weight_dimension_numbers (normopt.flax_weight_dimension_numbers"
-            "(model) for Flax NNX) to give them the spectral norm",
-            stacklevel=2)
+      _warn_ambiguous_leaves(
+          "scion", params, [jnp.ndim(p) >= 3 for p in jax.tree.leaves(params)],
+          "get the rms norm", "to give them the spectral norm")
     return tx.init(params)
 
   return optax.GradientTransformation(init_fn, tx.update)

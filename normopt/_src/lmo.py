@@ -392,3 +392,19 @@ def leaf_dimension_numbers(spec: DimsSpec, tree) -> list:
                        f"MuonDimensionNumbers or None, got {dims!r}")
     out += [dims] * len(jax.tree.leaves(sub))
   return out
+
+
+def checked_dimension_numbers(spec: DimsSpec, tree, selected,
+                              who: str = "") -> list:
+  """:func:`leaf_dimension_numbers`, with a ``ValueError`` naming (by its
+  path, after ``who``) the first leaf flagged in ``selected`` (one bool per
+  leaf) that has no matrix view."""
+  per_leaf = leaf_dimension_numbers(spec, tree)
+  for path, x, keep, dims in zip(numerics.leaf_paths(tree),
+                                 jax.tree.leaves(tree), selected, per_leaf):
+    if keep:
+      try:
+        matrix_axes(jnp.shape(x), dims)
+      except ValueError as err:
+        raise ValueError(f"{who}leaf {path}: {err}") from None
+  return per_leaf

@@ -112,22 +112,6 @@ def _norm_names(norm: NormSpec, updates, resolved) -> list[str]:
   return per_block
 
 
-def _matrix_dims(spec, updates, resolved, kinds) -> list:
-  """Each leaf's dimension numbers; a ``ValueError`` naming the path of a
-  matrix-norm leaf that has no matrix view."""
-  dims = lmo.leaf_dimension_numbers(spec, updates)
-  paths = numerics.leaf_paths(updates)
-  leaves = jax.tree.leaves(updates)
-  for k, group in enumerate(resolved.groups):
-    if kinds[k] in lmo.MATRIX_NORMS:
-      (i,) = group
-      try:
-        lmo.matrix_axes(leaves[i].shape, dims[i])
-      except ValueError as err:
-        raise ValueError(f"leaf {paths[i]}: {err}") from None
-  return dims
-
-
 def normalize_per_block(
     *,
     eps: float = 0.0,
@@ -256,7 +240,11 @@ def normalize_per_block(
           "axis_name the leaves are shards; gather them, or use jit with "
           "sharded arrays (GSPMD computes on the logical matrix)")
     needs_l2 = [k for k, kind in enumerate(kinds) if kind in ("l2", "rms")]
-    dims = _matrix_dims(weight_dimension_numbers, updates, resolved, kinds)
+    matrix_leaves = {i for k, group in enumerate(resolved.groups)
+                     if kinds[k] in lmo.MATRIX_NORMS for i in group}
+    dims = lmo.checked_dimension_numbers(
+        weight_dimension_numbers, updates,
+        [i in matrix_leaves for i in range(len(leaves))])
     l2 = numerics.block_norms(
         leaves, [resolved.groups[k] for k in needs_l2], axis_name)
     l2 = dict(zip(needs_l2, l2))
