@@ -28,13 +28,18 @@ The second part compares ways of growing the batch at equal examples seen
 ramps, and :func:`normopt.batch_growth`, which grows the batch as the
 measured noise scale grows; each with its constant learning rate tuned on
 the final validation accuracy, judged by issue 23's rule
-(:func:`growth_verdicts`).
+(:func:`growth_verdicts`). Seesaw (:func:`normopt.seesaw_schedule`) turns
+a cosine schedule's halvings into batch doublings; it is judged against its
+base, the fixed small batch with the same cosine
+(:func:`seesaw_verdicts`).
 
     python -m benchmarks.critical_batch          # 1 seed, batch 32/256/2048,
                                                  # SNGM's growth: ~9 min
     python -m benchmarks.critical_batch --full   # 3 seeds, batch 32 to 8192,
                                                  # every method's growth
     python -m benchmarks.critical_batch --only growth --methods sngm
+    python -m benchmarks.critical_batch --full --only growth \
+        --methods msgd sngm lars muon --schemes "fixed 32, cosine" seesaw
 
 Writes ``results.json`` (one record per run, with its checkpoints),
 ``summary.json`` (the tuned cells, the fits, provenance),
@@ -361,13 +366,19 @@ def claim(fits: dict) -> str:
           f"{b['b_crit']:.0f} ± {b['b_crit_std']:.0f}.")
 
 
-def growth_variants(config: dict, methods: Sequence[str]) -> list[dict]:
-  """One variant per (method, batch scheme) of ``config["growth"]``."""
+def growth_variants(config: dict, methods: Sequence[str],
+                    schemes: Sequence[str] | None = None) -> list[dict]:
+  """One variant per (method, batch scheme) of ``config["growth"]`` (only
+  the schemes labelled in ``schemes`` if given); ``config["growth"]
+  ["starts"]`` adds starts for methods without a critical-batch variant."""
   starts = {v["method"]: v["start"] for v in config["variants"]}
+  starts |= config["growth"].get("starts", {})
+  chosen = [scheme for scheme in config["growth"]["schemes"]
+            if schemes is None or scheme["label"] in schemes]
   return [{"label": f"{m}: {scheme['label']}", "method": m,
            "scheme": scheme["label"], "settings": scheme["settings"],
            "start": {"32": sweep.start_for(starts[m], scheme["start_batch"])}}
-          for m in methods for scheme in config["growth"]["schemes"]]
+          for m in methods for scheme in chosen]
 
 
 def run_growth(variants: list[dict], protocol: sweep.Protocol, out: Path, *,
@@ -380,7 +391,7 @@ def run_growth(variants: list[dict], protocol: sweep.Protocol, out: Path, *,
   examples = _training_examples(config)
 
   def train_fn(*, learning_rates, seeds, **fields):
-    cfg = train.Config(**config, **fields, epochs=epochs)
+    cfg = train.Config(**(config | fields), epochs=epochs)
     records = train.train_population(
         cfg, learning_rates, seeds,
         eval_at=_checkpoints(cfg, examples, checkpoint_ratio))
@@ -403,11 +414,44 @@ def run_growth(variants: list[dict], protocol: sweep.Protocol, out: Path, *,
       "config": config, "epochs": epochs, "target": target,
       "provenance": report.provenance(),
       "verdicts": growth_verdicts(summaries),
+      "seesaw_verdicts": seesaw_verdicts(summaries),
       "summaries": summaries}), indent=2))
   plot_growth(summaries, target, out / "growth.png")
   (out / "growth.md").write_text(
       growth_table(summaries) + "\n\n" + provenance_note() + "\n")
   return summaries
+
+
+def _is_seesaw(s: dict) -> bool:
+  return s["settings"].get("batch_schedule") == "seesaw"
+
+
+def seesaw_verdicts(summaries: Sequence[dict]) -> dict[str, str]:
+  """Per method, Seesaw's claim: at its base schedule's accuracy (within the
+  larger std) with at least 30% fewer optimizer steps. Its base is the
+  fixed-batch scheme with the same batch size and learning-rate schedule."""
+  verdicts = {}
+  for s in (s for s in summaries if _is_seesaw(s)):
+    base = next((b for b in summaries if b["method"] == s["method"]
+                 and "micro_batch" not in b["settings"]
+                 and b["settings"]["batch_size"] == s["settings"]["batch_size"]
+                 and b["settings"].get("schedule") == s["settings"].get(
+                     "schedule")), None)
+    if base is None:
+      continue
+    fewer = 1 - s["optimizer_steps"] / base["optimizer_steps"]
+    facts = (f"Seesaw {100 * s['mean']:.2f} ± {100 * s['std']:.2f}% in "
+             f"{s['optimizer_steps']:.0f} steps; {base['scheme']} "
+             f"{100 * base['mean']:.2f} ± {100 * base['std']:.2f}% in "
+             f"{base['optimizer_steps']:.0f} steps ({100 * fewer:.0f}% "
+             "fewer steps)")
+    if len(sweep.chosen_runs(s)) < 2:
+      verdicts[s["method"]] = f"one seed, no verdict: {facts}"
+      continue
+    level = base["mean"] - s["mean"] <= max(base["std"], s["std"])
+    verdicts[s["method"]] = (
+        f"{'holds' if level and fewer >= 0.3 else 'does not hold'}: {facts}")
+  return verdicts
 
 
 def growth_verdicts(summaries: Sequence[dict]) -> dict[str, str]:
@@ -416,10 +460,12 @@ def growth_verdicts(summaries: Sequence[dict]) -> dict[str, str]:
   least 30% fewer optimizer steps, and it is at least level with the best
   fixed ramp (the ramp chosen on validation accuracy). Schemes are told
   apart by their settings: no ``micro_batch`` (fixed), ``measured_growth``,
-  or else a ramp."""
+  or else a ramp; schemes with their own ``schedule`` (Seesaw and its
+  base) are left out here (:func:`seesaw_verdicts`)."""
   verdicts = {}
   for method in dict.fromkeys(s["method"] for s in summaries):
-    cells = [s for s in summaries if s["method"] == method]
+    cells = [s for s in summaries if s["method"] == method
+             and not _is_seesaw(s) and "schedule" not in s["settings"]]
     fixed = [s for s in cells if "micro_batch" not in s["settings"]]
     grown = [s for s in cells if s["settings"].get("measured_growth")]
     ramps = [s for s in cells if s not in fixed and s not in grown]
@@ -484,6 +530,8 @@ def growth_table(summaries: Sequence[dict]) -> str:
         f"{s['learning_rate']:g}{'†' if s['on_edge'] else ''} |")
   lines += [""] + [f"- {m}: {v}" for m, v in
                    growth_verdicts(summaries).items()]
+  lines += [f"- {m}, Seesaw: {v}" for m, v in
+            seesaw_verdicts(summaries).items()]
   return "\n".join(lines)
 
 
@@ -500,6 +548,9 @@ def main(argv=None) -> None:
   parser.add_argument("--max_examples", type=int,
                       default=CONFIG["max_examples"])
   parser.add_argument("--growth_epochs", type=int, default=None)
+  parser.add_argument("--schemes", nargs="+", default=None,
+                      help="only these batch schemes (labels) of the growth "
+                      "part")
   parser.add_argument("--train_subset", type=int, default=None,
                       help="train on the first N examples only (smoke runs)")
   parser.add_argument("--out", default="runs/critical_batch")
@@ -523,7 +574,8 @@ def main(argv=None) -> None:
     runs += sum(len(s["runs"]) for s in summaries)
   if args.only != "critical":
     grown = run_growth(
-        growth_variants(CONFIG, args.methods or sizes["growth_methods"]),
+        growth_variants(CONFIG, args.methods or sizes["growth_methods"],
+                        args.schemes),
         protocol, out, epochs=args.growth_epochs or sizes["growth_epochs"],
         target=args.target, checkpoint_ratio=CONFIG["checkpoint_ratio"],
         **shared)

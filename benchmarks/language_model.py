@@ -15,6 +15,11 @@ validation perplexity, with equal bytes seen at each batch size.
     python -m benchmarks.language_model --out DIR          # 1 seed: ~6 min
     python -m benchmarks.language_model --full --out DIR   # 3 seeds, all
                                                            # methods
+    python -m benchmarks.language_model --config muon_language_model --full
+
+``--config NAME`` runs another study on this corpus from
+``benchmarks/configs/NAME.json`` (``muon_language_model``: Muon's matrix
+views, coefficients and variants against optax's Muon and AdamW).
 
 Writes ``results.json`` (one record per run: ``method``, ``model``,
 ``batch_size``, ``learning_rate``, ``seed``, ``val_perplexity``,
@@ -51,25 +56,25 @@ def perplexities(corpus: dict, unigram: float):
 
 
 def run(full: bool, out: Path, models=None, methods=None, batch_sizes=None,
-        **overrides) -> dict[str, list[dict]]:
-  """The study for each model (and ``corpus.json``, the corpus's
+        config: dict = CONFIG, **overrides) -> dict[str, list[dict]]:
+  """The study ``config`` for each model (and ``corpus.json``, the corpus's
   fingerprint); returns the summaries by model."""
-  shared = CONFIG["train"] | overrides
+  shared = config["train"] | overrides
   dataset = data.python_source(shared["num_samples"])
   unigram = data.unigram_perplexity(dataset.y_train, dataset.y_validation)
   corpus = data.corpus_info()
   out.mkdir(parents=True, exist_ok=True)
   (out / "corpus.json").write_text(json.dumps(corpus, indent=2))
   derive = perplexities(corpus, unigram)
-  protocol = large_batch.protocol(full, CONFIG)
-  chosen = large_batch.variants(full, methods, CONFIG)
+  protocol = large_batch.protocol(full, config)
+  chosen = large_batch.variants(full, methods, config)
   results = {}
-  for model in models or CONFIG["models"]:
+  for model in models or config["models"]:
     print(f"{model} (unigram perplexity {unigram:.2f} on validation bytes)")
     results[model] = large_batch.run(
         [v | {"start": v["start"][model]} for v in chosen
          if model in v["start"]],
-        batch_sizes or CONFIG["batch_sizes"], protocol, out / model,
+        batch_sizes or config["batch_sizes"], protocol, out / model,
         objective=sweep.PERPLEXITY, derive=derive,
         title=f"byte-level LM, {model}", curve="validation_loss",
         progress=True, model=model, **shared)
@@ -81,17 +86,22 @@ def run(full: bool, out: Path, models=None, methods=None, batch_sizes=None,
 def main(argv=None) -> None:
   args, overrides = large_batch.parse_study(
       argv, __doc__.splitlines()[0], "3 seeds, every method",
-      "runs/language_model",
+      None,
       {"epochs": (int, None), "num_samples": (int, "64-byte training windows")},
-      models={"nargs": "+", "default": None, "choices": CONFIG["models"]})
-  out = Path(args.out)
+      models={"nargs": "+", "default": None, "choices": CONFIG["models"]},
+      config={"default": "language_model",
+              "help": "a study in benchmarks/configs/ on this corpus"})
+  out = Path(args.out or f"runs/{args.config}")
   start = time.perf_counter()
   results = run(args.full, out, args.models, args.methods, args.batch_sizes,
-                **overrides)
+                configs.load(args.config), **overrides)
   for model, summaries in results.items():
     print(f"\n{model}: test perplexity per byte, mean ± std over seeds "
           f"(unigram {summaries[0]['runs'][0]['unigram_perplexity']:.2f})")
     print(sweep.table(summaries, objective=sweep.PERPLEXITY))
+    if len({s["label"] for s in summaries}) > len(
+        {s["method"] for s in summaries}):
+      print(sweep.table(summaries, rows="label", objective=sweep.PERPLEXITY))
   print("\n" + large_batch.finished(
       sum(len(s["runs"]) for v in results.values() for s in v), start, out))
 

@@ -45,6 +45,14 @@ class Config:
   # False: the papers' exclusion of biases and norm params (mask=None)
   mask_all: bool = True
   unconstrained: bool = False  # Scion: drop its (1 - lr) shrinkage
+  # Muon / NorMuon: Newton-Schulz coefficients (a normopt preset), update
+  # RMS (None: Jordan et al.'s shape factor), and the matrix views: "layers"
+  # (normopt.flax_weight_dimension_numbers) or "flattened" (every 2+-D leaf
+  # but the embedding and head as reshape(-1, last), normopt's view before
+  # dimension numbers: it mixes the heads axis of q/k/v into the rows)
+  ns_coeffs: str = "standard"
+  consistent_rms: float | None = None
+  muon_view: str = "layers"
   # clip the gradient to this global norm before the method (the SNGM
   # paper's momentum SGD on language models)
   clip_norm: float | None = None
@@ -72,25 +80,40 @@ class Config:
   # of batch_growth up to max_batch as the measured noise scale grows
   # (constant learning rate; every micro_batch pass measures the noise scale).
   measured_growth: bool = False
+  # "fixed", or "seesaw" (normopt.seesaw_schedule): where the step-keyed
+  # schedule would cut the learning rate by batch_growth (default 2), cut it
+  # by its square root (momentum SGD, QHM, NSHB, SNAG: not at all) and
+  # multiply the batch (from batch_size, in micro_batch passes, up to
+  # max_batch) instead
+  batch_schedule: str = "fixed"
   resume: bool = False  # continue from the latest checkpoint in the workdir
   stop_after: int | None = None  # stop after this epoch (simulates pre-emption)
 
 
-# The optax baselines; every other method is normopt.<name>.
+# The optax baselines (config, learning rate, model); every other method is
+# normopt.<name>.
 _OPTAX_BASELINES = {
     # weight decay is added to the gradient, as in the normopt methods
-    "msgd": lambda c, lr: optax.chain(optax.add_decayed_weights(c.weight_decay),
-                                      optax.sgd(lr, momentum=c.beta)),
-    "optax_lars": lambda c, lr: optax.lars(
+    "msgd": lambda c, lr, _: optax.chain(
+        optax.add_decayed_weights(c.weight_decay),
+        optax.sgd(lr, momentum=c.beta)),
+    "optax_lars": lambda c, lr, _: optax.lars(
         lr, weight_decay=c.weight_decay, trust_coefficient=c.trust_coefficient,
         momentum=c.beta),
-    "adamw": lambda c, lr: optax.adamw(lr, b1=c.beta,
-                                       weight_decay=c.weight_decay),
+    "adamw": lambda c, lr, _: optax.adamw(lr, b1=c.beta,
+                                          weight_decay=c.weight_decay),
+    # optax's Muon on the same matrix views (its own defaults otherwise)
+    "optax_muon": lambda c, lr, model: optax.contrib.muon(
+        lr, beta=c.beta, weight_decay=c.weight_decay,
+        consistent_rms=c.consistent_rms,
+        muon_weight_dimension_numbers=(
+            None if model is None else muon_dimension_numbers(model,
+                                                              c.muon_view))),
 }
 # normopt methods this example trains (adaptive NIGT needs a second gradient).
 _NORMOPT_METHODS = ("sngm", "sngd", "block_sngm", "lars", "clars", "lamb",
                     "normalized_sgdm", "nigt", "qhm", "nshb", "snag",
-                    "signum", "muon", "scion")
+                    "signum", "muon", "normuon", "scion")
 
 
 def method_names() -> list[str]:
@@ -103,7 +126,7 @@ def build_optimizer(name: str, config: Config, learning_rate, model=None):
   only the optax baselines are special-cased. ``model`` (a Flax NNX
   module) gives Muon, NorMuon and Scion their matrix views."""
   if name in _OPTAX_BASELINES:
-    return _OPTAX_BASELINES[name](config, learning_rate)
+    return _OPTAX_BASELINES[name](config, learning_rate, model)
   if name not in _NORMOPT_METHODS:
     raise ValueError(f"unknown method {name!r}; choose one of "
                      f"{', '.join(method_names())}")
@@ -112,19 +135,35 @@ def build_optimizer(name: str, config: Config, learning_rate, model=None):
   if name in ("lars", "clars"):
     values["mask"] = True if config.mask_all else None
   if name in ("muon", "normuon", "scion") and model is not None:
-    values["weight_dimension_numbers"] = muon_dimension_numbers(model)
+    values["weight_dimension_numbers"] = muon_dimension_numbers(
+        model, config.muon_view)
   taken = inspect.signature(factory).parameters
   return factory(learning_rate=learning_rate,
                  **{k: v for k, v in values.items()
                     if k in taken and k != "learning_rate"})
 
 
-def muon_dimension_numbers(model):
-  """Muon's matrix views here: ``normopt.flax_weight_dimension_numbers`` of
-  the model with the layers named ``embed`` and ``head`` (input embeddings
-  and output layer, which Muon's reference leaves to AdamW) excluded, as a
-  callable on the params that looks each leaf up by its path (the trainer's
-  params are the model's whole ``nnx.split`` state)."""
+def muon_dimension_numbers(model, view: str = "layers"):
+  """Muon's matrix views here, as a callable on the params that looks each
+  leaf up by its path (the trainer's params are the model's whole
+  ``nnx.split`` state). ``view="layers"``:
+  ``normopt.flax_weight_dimension_numbers`` of the model with the layers
+  named ``embed`` and ``head`` (input embeddings and output layer, which
+  Muon's reference leaves to AdamW) excluded. ``view="flattened"``: every
+  leaf of 2 or more dimensions outside those layers as
+  ``reshape(-1, shape[-1])`` (normopt's view before dimension numbers; on
+  ``nnx.MultiHeadAttention`` it is wrong for q/k/v, kept to measure what
+  that cost)."""
+  if view == "flattened":
+    def flattened(params):
+      return jax.tree.structure(params).unflatten([
+          None if p.startswith(("['embed']", "['head']")) or jnp.ndim(x) < 2
+          else optax.contrib.MuonDimensionNumbers(
+              tuple(range(jnp.ndim(x) - 1)), jnp.ndim(x) - 1)
+          for p, x in zip(leaf_paths(params), jax.tree.leaves(params))])
+    return flattened
+  if view != "layers":
+    raise ValueError(f"muon_view must be 'layers' or 'flattened', got {view!r}")
   dims = normopt.flax_weight_dimension_numbers(model,
                                                exclude=("embed", "head"))
   by_path = dict(zip(leaf_paths(dims), jax.tree.leaves(
@@ -173,20 +212,27 @@ _EPOCH_SCHEDULES = {
 
 def make_schedule(config: Config, plan: Plan) -> optax.Schedule:
   """Step-keyed (smooth) constant/cosine/polynomial schedules with optional
-  warmup; epoch-keyed ones (the QHM paper's) for the decays and whenever the
-  batch grows."""
+  warmup (Seesaw's learning rate with ``batch_schedule="seesaw"``);
+  epoch-keyed ones (the QHM paper's) for the decays and whenever the batch
+  grows by epoch."""
   if config.schedule not in _EPOCH_SCHEDULES:
     raise ValueError(f"unknown schedule {config.schedule!r}; choose "
                      f"{', '.join(_EPOCH_SCHEDULES)}")
-  lr = config.learning_rate
-  warmup = config.warmup_epochs * plan.steps
+  if config.batch_schedule == "seesaw":
+    return seesaw(config, plan).learning_rate
   if plan.batch_schedule is not None or config.schedule.endswith("decay"):
-    if warmup:
+    if config.warmup_epochs:
       raise ValueError("warmup_epochs needs a step-keyed schedule (constant, "
                        "cosine or polynomial) and a fixed batch size")
     return schedules.per_step(_EPOCH_SCHEDULES[config.schedule](config),
                               plan.epoch_of)
-  decay_steps = max(config.epochs * plan.steps - warmup, 1)
+  return _step_schedule(config, plan.steps)
+
+
+def _step_schedule(config: Config, steps_per_epoch: int) -> optax.Schedule:
+  lr = config.learning_rate
+  warmup = config.warmup_epochs * steps_per_epoch
+  decay_steps = max(config.epochs * steps_per_epoch - warmup, 1)
   main = {"constant": lambda: optax.constant_schedule(lr),
           "cosine": lambda: optax.cosine_decay_schedule(lr, decay_steps),
           "polynomial": lambda: optax.polynomial_schedule(
@@ -195,6 +241,23 @@ def make_schedule(config: Config, plan: Plan) -> optax.Schedule:
     return main
   return optax.join_schedules(
       [optax.linear_schedule(0.0, lr, warmup), main], [warmup])
+
+
+# Methods whose step is linear in the gradient: Seesaw trades a rate cut by
+# the batch factor for the batch factor (exponent 1), not its square root.
+_LINEAR_IN_GRADIENT = ("msgd", "qhm", "nshb", "snag")
+
+
+def seesaw(config: Config, plan: Plan) -> normopt.SeesawSchedule:
+  """``normopt.seesaw_schedule`` of the step-keyed schedule over the epochs
+  at ``batch_size``, in ``micro_batch`` passes up to ``max_batch``."""
+  per_epoch = plan.steps * plan.pass_batch // config.batch_size
+  return normopt.seesaw_schedule(
+      _step_schedule(config, per_epoch), config.epochs * per_epoch,
+      micro_batches=config.batch_size // config.micro_batch,
+      max_micro_batches=config.max_batch // config.micro_batch,
+      factor=int(config.batch_growth) if config.batch_growth > 1 else 2,
+      batch_exponent=1.0 if config.method in _LINEAR_IN_GRADIENT else 0.5)
 
 
 def make_optimizer(config: Config, plan: Plan, learning_rate=None,
@@ -216,6 +279,8 @@ def make_optimizer(config: Config, plan: Plan, learning_rate=None,
     return normopt.batch_growth(
         tx, micro_batch=config.micro_batch, max_batch=config.max_batch,
         growth=int(config.batch_growth), min_batch=config.batch_size)
+  if config.batch_schedule == "seesaw":
+    return optax.MultiSteps(tx, seesaw(config, plan).micro_batches)
   if plan.batch_schedule is None:
     return tx
   return optax.MultiSteps(tx, every_k_schedule=schedules.accumulation_steps(
@@ -255,6 +320,24 @@ def make_plan(config: Config, n: int) -> Plan:
                        "training examples")
     steps = n // config.max_batch * config.max_batch // config.micro_batch
     return Plan(steps, config.micro_batch, lambda count: count * 0, None)
+  if config.batch_schedule not in ("fixed", "seesaw"):
+    raise ValueError(f"unknown batch_schedule {config.batch_schedule!r}; "
+                     "choose fixed or seesaw")
+  if config.batch_schedule == "seesaw":
+    if (config.micro_batch is None or config.max_batch is None
+        or config.batch_size % config.micro_batch
+        or config.max_batch % config.batch_size
+        or config.schedule.endswith("decay") or config.method == "clars"):
+      raise ValueError("batch_schedule seesaw needs micro_batch dividing "
+                       "batch_size, max_batch a multiple of batch_size, a "
+                       "constant, cosine or polynomial schedule, and a method "
+                       "other than clars")
+    if config.max_batch > n:
+      raise ValueError(f"max_batch {config.max_batch} exceeds the {n} "
+                       "training examples")
+    used = n // config.batch_size * config.batch_size
+    return Plan(used // config.micro_batch, config.micro_batch,
+                lambda count: count * 0, None)
   if config.micro_batch is None:
     steps = n // config.batch_size
     return Plan(steps, config.batch_size, lambda count: count // steps, None)
@@ -504,7 +587,8 @@ def train_and_evaluate(config: Config, workdir: str | Path | None = None,
                     "test_accuracy": test_accuracy, "grad_norm": grad_norm,
                     "telemetry": telemetry_record(
                         _first_replica(pmap, opt_state))}
-                   | growth_record(_first_replica(pmap, opt_state), config))
+                   | growth_record(_first_replica(pmap, opt_state), config,
+                                   plan))
     if bar is not None:
       bar.set_postfix(loss=f"{float(loss):.3f}", acc=f"{test_accuracy:.4f}")
     if manager is not None:
@@ -758,9 +842,14 @@ def optimizer_steps(opt_state, passes):
   return passes
 
 
-def growth_record(opt_state, config: Config) -> dict:
+def growth_record(opt_state, config: Config, plan: Plan) -> dict:
   """With measured growth: the batch now, the optimizer steps so far and
-  the tracked noise scale (for metrics.json)."""
+  the tracked noise scale; with Seesaw, the batch and the steps (for
+  metrics.json)."""
+  if config.batch_schedule == "seesaw":
+    steps = int(opt_state.gradient_step)
+    return {"batch_size": int(seesaw(config, plan).micro_batches(steps))
+            * config.micro_batch, "optimizer_steps": steps}
   if not config.measured_growth:
     return {}
   return {"batch_size": int(opt_state.accumulation) * config.micro_batch,

@@ -45,6 +45,7 @@ from normopt._src.normalize import (
 )
 from normopt._src.per_example import per_example_block_norms
 from normopt._src.probes import NormProbe, norm_probes, probed, probed_dense
+from normopt._src.seesaw import SeesawSchedule, seesaw_schedule
 from normopt._src.telemetry import TRUST_STATUS, telemetry
 from normopt._src.trust import TrustRatioState, exclude_bias_and_norm, trust_ratio
 
@@ -62,6 +63,7 @@ __all__ = (
     "NormalizeGlobalState",
     "NormalizePerBlockState",
     "QhCombineState",
+    "SeesawSchedule",
     "TrustRatioState",
     "adaptive_nigt",
     "assert_replicated",
@@ -94,6 +96,7 @@ __all__ = (
     "replay_schedule",
     "schedules",
     "scion",
+    "seesaw_schedule",
     "scion_norms",
     "signum",
     "sngd",

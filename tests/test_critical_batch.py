@@ -138,6 +138,27 @@ def test_growth_verdict_follows_the_rule():
       "no win")
 
 
+def test_seesaw_verdict_compares_with_its_base_schedule():
+  def cell(scheme, mean, std, steps, **settings):
+    return {"method": "sngm", "scheme": scheme, "mean": mean, "std": std,
+            "settings": {"batch_size": 32, **settings},
+            "optimizer_steps": steps, "score": mean,
+            "runs": [{"learning_rate": 1.0, "seed": s} for s in range(3)],
+            "learning_rate": 1.0}
+  constant = cell("fixed 32", 0.99, 0.01, 1000)
+  base = cell("fixed 32, cosine", 0.95, 0.01, 1000, schedule="cosine")
+  seesaw = cell("seesaw", 0.945, 0.01, 600, schedule="cosine",
+                micro_batch=32, batch_schedule="seesaw")
+  verdicts = critical_batch.seesaw_verdicts([constant, base, seesaw])
+  assert verdicts["sngm"].startswith("holds") and "40% fewer" in verdicts[
+      "sngm"]
+  worse = {**seesaw, "mean": 0.9}
+  assert critical_batch.seesaw_verdicts([base, worse])["sngm"].startswith(
+      "does not hold")
+  # Seesaw and its base stay out of the measured-growth rule.
+  assert critical_batch.growth_verdicts([constant, base, seesaw]) == {}
+
+
 _TINY = dict(dataset="digits", model="mlp", validation=200,
              schedule="constant", weight_decay=1e-4)
 
@@ -181,13 +202,21 @@ def test_both_parts_end_to_end(tmp_path):
           "max_batch": 32}},
       {"label": "measured growth", "start_batch": 8, "settings": {
           "batch_size": 8, "micro_batch": 8, "batch_growth": 2,
-          "max_batch": 32, "measured_growth": True}}]},
+          "max_batch": 32, "measured_growth": True}},
+      {"label": "fixed 8, cosine", "start_batch": 8, "settings": {
+          "batch_size": 8, "schedule": "cosine"}},
+      {"label": "seesaw", "start_batch": 8, "settings": {
+          "batch_size": 8, "micro_batch": 8, "max_batch": 32,
+          "schedule": "cosine", "batch_schedule": "seesaw"}}]},
       "variants": variants}
   grown = critical_batch.run_growth(
       critical_batch.growth_variants(schemes, ["sngm"]), protocol, tmp_path,
       epochs=1, target=0.6, checkpoint_ratio=1.3, **_TINY)
-  assert [s["scheme"] for s in grown] == ["fixed 8", "ramp x2 per epoch",
-                                          "measured growth"]
+  assert [s["scheme"] for s in grown] == [
+      "fixed 8", "ramp x2 per epoch", "measured growth", "fixed 8, cosine",
+      "seesaw"]
   assert grown[0]["optimizer_steps"] > grown[2]["optimizer_steps"]
-  assert "one seed, no verdict" in critical_batch.growth_table(grown)
+  assert grown[3]["optimizer_steps"] > grown[4]["optimizer_steps"]
+  table = critical_batch.growth_table(grown)
+  assert "one seed, no verdict" in table and "sngm, Seesaw: one seed" in table
   assert (tmp_path / "growth.png").exists()

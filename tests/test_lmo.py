@@ -81,6 +81,30 @@ def test_directions_are_scale_invariant(name, scale):
                                  rtol=1e-5, atol=1e-6, err_msg=(k, how))
 
 
+@pytest.mark.parametrize("scale", [1e-30, 1e30])
+@pytest.mark.parametrize("name", NAMES)
+def test_dual_norms_scale_with_the_gradient(name, scale):
+  """The state's dual norms (sign: the ℓ1 norm, from a fast sum rescued
+  only when it is unreliable) are exact at 1e±30 however XLA sees the
+  gradient: a jit argument, a closed-over constant, computed in jit."""
+  g = _tree(4)
+  big = jax.tree.map(lambda x: x * scale, g)
+  tx = normopt.normalize_per_block(
+      weight_dimension_numbers=dims_of, norm=name)
+  _, plain = jax.jit(tx.update)(g, tx.init(g))
+  ways = {
+      "argument": lambda: jax.jit(tx.update)(big, tx.init(g)),
+      "constant": lambda: jax.jit(lambda s: tx.update(big, s))(tx.init(g)),
+      "computed": lambda: jax.jit(lambda x, s: tx.update(
+          jax.tree.map(lambda a: a * scale, x), s))(g, tx.init(g))}
+  for how, run in ways.items():
+    _, state = run()
+    for k in SHAPES:
+      np.testing.assert_allclose(float(state.norms[k]),
+                                 float(plain.norms[k]) * scale, rtol=1e-5,
+                                 err_msg=(k, how))
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_zero_block_gives_zero_and_nan_propagates(name):
   g = {k: jnp.zeros(s) for k, s in SHAPES.items()}

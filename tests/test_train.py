@@ -1,5 +1,6 @@
 """The training example and the main command, at tiny sizes."""
 
+import dataclasses
 import functools
 import json
 import pickle
@@ -197,6 +198,30 @@ def test_measured_growth_grows_the_batch_and_logs_it(tmp_path):
           "schedule": "constant", "epochs": 1} | bad))
 
 
+def test_seesaw_batch_schedule_grows_the_batch_with_the_cosine(tmp_path):
+  """--batch_schedule seesaw: the cosine's halvings become batch doublings;
+  every example is seen, in normopt.seesaw_schedule's number of steps."""
+  config = train.Config(
+      dataset="digits", model="mlp", method="sngm", batch_size=16,
+      micro_batch=16, max_batch=64, batch_schedule="seesaw", epochs=4,
+      learning_rate=0.1, schedule="cosine")
+  result = train.train_and_evaluate(config, tmp_path)
+  assert result["test_accuracy"] > 0.5
+  batches = [h["batch_size"] for h in result["history"]]
+  assert batches == sorted(batches) and batches[0] == 16 and batches[-1] == 64
+  # 1437 examples -> 1424 used (89 batches of 16) -> 356 base steps.
+  plan = train.make_plan(config, 1437)
+  expected = normopt.seesaw_schedule(
+      optax.cosine_decay_schedule(0.1, 356), 356, max_micro_batches=4)
+  # The last step is applied only if its batch is complete.
+  ks = [int(expected.micro_batches(n)) for n in range(expected.num_steps)]
+  assert result["history"][-1]["optimizer_steps"] == expected.num_steps - (
+      sum(ks) > 356)
+  assert train.seesaw(config, plan).boundaries == expected.boundaries
+  with pytest.raises(ValueError, match="seesaw"):
+    train.train_and_evaluate(dataclasses.replace(config, max_batch=None))
+
+
 def test_bad_arguments_are_clear():
   with pytest.raises(ValueError, match="unknown method"):
     train.train_and_evaluate(train.Config(dataset="digits", model="mlp",
@@ -317,6 +342,18 @@ def test_per_example_speed_smoke(tmp_path, capsys):
   assert "probed" in capsys.readouterr().out
   assert {r["path"] for r in json.loads(out.read_text())} == {
       "grad", "exact", "exact_chunked", "probed", "noise_scale_probed"}
+
+
+def test_batched_ns_smoke(tmp_path, capsys):
+  """Times Muon batched and one leaf at a time on a tiny tree; checks the
+  table, not the times."""
+  from benchmarks.speed import batched_ns
+  out = tmp_path / "rows.json"
+  batched_ns.main(["--trees", "tiny", "--reps", "2", "--json", str(out)])
+  rows = json.loads(out.read_text())
+  assert [r["variant"] for r in rows] == list(batched_ns.VARIANTS)
+  assert rows[-1]["vs_one_by_one"] == 1.0
+  assert "| tiny | as shipped |" in capsys.readouterr().out
 
 
 def test_compile_time_smoke(tmp_path, capsys):

@@ -146,6 +146,19 @@ def test_muon_views_leave_embeddings_and_head_to_adamw():
   assert any(v == MDN(0, 1) for k, v in flat.items() if "up" in k)
   assert any(v == MDN((0,), (1, 2)) for k, v in flat.items() if "query" in k)
   assert not any(v for k, v in flat.items() if "bias" in k)
+  # The flattened view (normopt's before dimension numbers, kept to measure
+  # it): q/k/v as (in·heads, head_dim), their biases and the positions too.
+  old = train.muon_dimension_numbers(model, "flattened")(params)
+  flat = dict(zip(train.leaf_paths(params), jax.tree.leaves(
+      old, is_leaf=lambda d: d is None or isinstance(d, MDN))))
+  assert not any(v for k, v in flat.items() if "embed" in k or "head" in k)
+  assert any(v == MDN((0, 1), 2) for k, v in flat.items()
+             if "query" in k and "kernel" in k)
+  assert any(v == MDN((0,), 1) for k, v in flat.items()
+             if "query" in k and "bias" in k)
+  assert flat["['positions']"] == MDN((0,), 1)
+  with pytest.raises(ValueError, match="muon_view"):
+    train.muon_dimension_numbers(model, "rows")
 
 
 def test_clip_norm_clips_before_the_method():

@@ -27,7 +27,8 @@ from benchmarks.speed.timing import finish
 # The methods timed and the optax construction each is compared with.
 METHODS = ("optax.sgd(momentum)", "optax sngm chain", "sngm", "block_sngm",
            "nigt", "optax.lars", "lars", "clars", "optax.lamb", "lamb",
-           "optax.contrib.muon", "muon", "scion")
+           "optax.signum", "signum", "optax.contrib.muon", "muon", "normuon",
+           "scion")
 
 
 def tree(leaves: int) -> dict:

@@ -66,9 +66,20 @@ def make_tree(shapes, seed):
           for i, s in enumerate(shapes)}
 
 
+def conv_views(params):
+  """Muon's dimension numbers reading conv kernels ``(kh, kw, in, out)`` as
+  ``(kh·kw·in, out)`` matrices and dense kernels as ``(in, out)``; None (to
+  Adam) for the rest. The same tree goes to normopt and optax."""
+  mdn = optax.contrib.MuonDimensionNumbers
+  return jax.tree.map(lambda p: mdn((0, 1, 2), 3) if p.ndim == 4
+                      else mdn() if p.ndim == 2 else None, params)
+
+
 def candidates(params):
   """name -> (optimizer, optax equivalent's name or None, stream count)."""
   per_example = jax.tree.map(lambda p: jnp.ones((), jnp.float32), params)
+  with_convs = any(p.ndim == 4 for p in jax.tree.leaves(params))
+  views = conv_views(params)
   sngm_optax = optax.chain(optax.normalize_by_update_norm(eps=0.0),
                            optax.trace(BETA), optax.scale_by_learning_rate(LR))
   nsgdm_optax = optax.chain(optax.ema(BETA, debias=False),
@@ -101,10 +112,19 @@ def candidates(params):
       # compute- rather than bandwidth-bound; the floor counts streams only)
       "signum": (normopt.signum(LR, beta=BETA), "optax.signum", 5, {}),
       "optax.signum": (optax.signum(LR, beta=BETA), None, 5, {}),
+      # defaults: 2-D leaves orthogonalized, the rest to Adam, in both
       "muon": (normopt.muon(LR), "optax.contrib.muon", 6, {}),
       "optax.contrib.muon": (optax.contrib.muon(LR), None, 6, {}),
+      "normuon": (normopt.normuon(LR), "optax.contrib.muon", 6, {}),
       "scion": (normopt.scion(LR, unconstrained=True), "optax.contrib.muon",
                 5, {}),
+      # conv kernels orthogonalized too, the same dimension numbers in both
+      **({"muon (conv views)": (
+          normopt.muon(LR, weight_dimension_numbers=views),
+          "optax muon (conv views)", 6, {}),
+          "optax muon (conv views)": (optax.contrib.muon(
+              LR, muon_weight_dimension_numbers=views), None, 6, {})}
+         if with_convs else {}),
   }
 
 

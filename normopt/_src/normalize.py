@@ -245,20 +245,34 @@ def normalize_per_block(
     dims = lmo.checked_dimension_numbers(
         weight_dimension_numbers, updates,
         [i in matrix_leaves for i in range(len(leaves))])
-    l2 = numerics.block_norms(
+    norms = numerics.block_norms(
         leaves, [resolved.groups[k] for k in needs_l2], axis_name)
-    l2 = dict(zip(needs_l2, l2))
+    norms = dict(zip(needs_l2, norms))
+    # sign's dual norm, the ℓ1 norm: one fast sum (numerics.l1_norms)
+    needs_l1 = [k for k, kind in enumerate(kinds) if kind == "sign"]
+    norms.update(zip(needs_l1, numerics.l1_norms(
+        leaves, [resolved.groups[k] for k in needs_l1], axis_name)))
+    # Every spectral block at once: small equal-shaped matrices share one
+    # batched Newton-Schulz (lmo.spectral_directions).
+    spectral_blocks = [k for k, kind in enumerate(kinds) if kind == "spectral"]
+    spectral_out = {}
+    if spectral_blocks:
+      ds, ns = lmo.spectral_directions(
+          [leaves[resolved.groups[k][0]] for k in spectral_blocks],
+          [dims[resolved.groups[k][0]] for k in spectral_blocks], eps=eps,
+          spectral=spectral)
+      spectral_out = {k: ([d], n) for k, d, n in zip(spectral_blocks, ds, ns)}
     out = list(leaves)
     duals = []
     for k, group in enumerate(resolved.groups):
       if kinds[k] == "l2":
         for i in group:
-          out[i] = numerics.divide_by_norm(leaves[i], l2[k] + eps)
-        duals.append(l2[k])
+          out[i] = numerics.divide_by_norm(leaves[i], norms[k] + eps)
+        duals.append(norms[k])
         continue
-      directions, dual = lmo.direction(
-          kinds[k], [leaves[i] for i in group], l2.get(k), eps=eps,
-          dims=dims[group[0]], spectral=spectral, axis_name=axis_name)
+      directions, dual = spectral_out[k] if k in spectral_out else (
+          lmo.direction(kinds[k], [leaves[i] for i in group], norms.get(k),
+                        eps=eps, dims=dims[group[0]], axis_name=axis_name))
       for i, d in zip(group, directions):
         out[i] = d * dual.astype(d.dtype) if adaptive else d
       duals.append(dual)

@@ -1,6 +1,8 @@
 """Zero-safe, overflow-safe norms accumulated in float32 or wider.
 
-Every block norm in normopt goes through :func:`block_norms`:
+Every ℓ2 block norm in normopt goes through :func:`block_norms` (the ℓ1
+norms of ``normalize_per_block(norm="sign")``, which cannot overflow or
+underflow before their entries do, are plain sums: :func:`l1_norms`):
 
 * the squared norm of each leaf is accumulated in ``promote(leaf.dtype, f32)``
   (float32 for bf16/f16/f32 leaves, float64 for f64 leaves under x64);
@@ -234,6 +236,26 @@ def block_norms(leaves, groups: Groups, axis_name=None) -> list[jax.Array]:
         tuple(sizes[chunk]), axis_name)
     norms += [checked[j] for j in range(checked.shape[0])]
   return norms
+
+
+def l1_norms(leaves, groups: Groups, axis_name=None) -> list[jax.Array]:
+  """The ℓ1 norm (sum of absolute values) of each group of leaves, one fast
+  sum each in the accumulation dtype.
+
+  Unlike squares, absolute values neither overflow nor underflow before the
+  data do: the float32 sum is exact to rounding for any block whose entries
+  are normal numbers and whose norm is below float32's maximum (gradients
+  at 1e±30 included). Outside that, the sum is what the direction sees
+  too: a subnormal entry, flushed to zero by XLA, has sign 0, and a norm
+  beyond the maximum is ``inf`` in the float32 state. So no rescue (and no
+  ``lax.cond`` to compile) is needed.
+  """
+  dtype = jnp.dtype(_common_dtype(leaves)) if leaves else jnp.float32
+  sums = [sum((jnp.sum(jnp.abs(leaves[i].astype(dtype))) for i in g),
+              jnp.zeros((), dtype)) for g in groups]
+  if axis_name is not None and sums:
+    sums = list(jax.lax.psum(sums, axis_name))
+  return sums
 
 
 def global_norm(leaves, axis_name=None) -> jax.Array:
