@@ -93,8 +93,10 @@ def main(argv=None) -> None:
               "help": "a study in benchmarks/configs/ on this corpus"})
   out = Path(args.out or f"runs/{args.config}")
   start = time.perf_counter()
+  config = (CONFIG if args.config == "language_model"
+            else configs.load(args.config))
   results = run(args.full, out, args.models, args.methods, args.batch_sizes,
-                configs.load(args.config), **overrides)
+                config, **overrides)
   for model, summaries in results.items():
     print(f"\n{model}: test perplexity per byte, mean ± std over seeds "
           f"(unigram {summaries[0]['runs'][0]['unigram_perplexity']:.2f})")

@@ -115,6 +115,11 @@ def seesaw_schedule(
     ...                       every_k_schedule=s.micro_batches)
     >>> s.boundaries, s.num_steps
     ((500, 584, 610), 639)
+
+  References:
+    Meterez, Morwani, Wu, Oncescu, Pehlevan & Kakade, *Seesaw: Accelerating
+    Training by Balancing Learning Rate and Batch Size Scheduling*, arXiv
+    2510.14717 (2025).
   """
   check_positive_int("total_steps", total_steps)
   check_positive_int("micro_batches", micro_batches)
