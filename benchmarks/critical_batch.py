@@ -34,7 +34,7 @@ base, the fixed small batch with the same cosine
 (:func:`seesaw_verdicts`).
 
     python -m benchmarks.critical_batch          # 1 seed, batch 32/256/2048,
-                                                 # SNGM's growth: ~9 min
+                                                 # SNGM's growth schemes
     python -m benchmarks.critical_batch --full   # 3 seeds, batch 32 to 8192,
                                                  # every method's growth
     python -m benchmarks.critical_batch --only growth --methods sngm
