@@ -143,6 +143,10 @@ def build_optimizer(name: str, config: Config, learning_rate, model=None):
                     if k in taken and k != "learning_rate"})
 
 
+# The layers Muon's reference leaves to AdamW: input embeddings and head.
+_TO_ADAMW = ("embed", "head")
+
+
 def muon_dimension_numbers(model, view: str = "layers"):
   """Muon's matrix views here, as a callable on the params that looks each
   leaf up by its path (the trainer's params are the model's whole
@@ -155,17 +159,18 @@ def muon_dimension_numbers(model, view: str = "layers"):
   ``nnx.MultiHeadAttention`` it is wrong for q/k/v, kept to measure what
   that cost)."""
   if view == "flattened":
+    excluded = tuple(f"['{name}']" for name in _TO_ADAMW)
+
     def flattened(params):
       return jax.tree.structure(params).unflatten([
-          None if p.startswith(("['embed']", "['head']")) or jnp.ndim(x) < 2
+          None if p.startswith(excluded) or jnp.ndim(x) < 2
           else optax.contrib.MuonDimensionNumbers(
               tuple(range(jnp.ndim(x) - 1)), jnp.ndim(x) - 1)
           for p, x in zip(leaf_paths(params), jax.tree.leaves(params))])
     return flattened
   if view != "layers":
     raise ValueError(f"muon_view must be 'layers' or 'flattened', got {view!r}")
-  dims = normopt.flax_weight_dimension_numbers(model,
-                                               exclude=("embed", "head"))
+  dims = normopt.flax_weight_dimension_numbers(model, exclude=_TO_ADAMW)
   by_path = dict(zip(leaf_paths(dims), jax.tree.leaves(
       dims, is_leaf=_is_dims)))
 

@@ -63,19 +63,26 @@ def test_newton_schulz_matches_the_reference_iteration():
       assert s.min() > 0.6 and s.max() < 1.25, (k, s)
 
 
+def _scaled_steps(tx, g, scale):
+  """``tx``'s first step on ``g * scale`` the three ways XLA can see it: a
+  jit argument, a closed-over constant, computed inside jit."""
+  big = jax.tree.map(lambda x: x * scale, g)
+  state = tx.init(g)
+  return {
+      "argument": jax.jit(tx.update)(big, state),
+      "constant": jax.jit(lambda s: tx.update(big, s))(state),
+      "computed": jax.jit(lambda x, s: tx.update(
+          jax.tree.map(lambda a: a * scale, x), s))(g, state)}
+
+
 @pytest.mark.parametrize("scale", [1e-30, 1e-12, 1e12, 1e30])
 @pytest.mark.parametrize("name", NAMES)
 def test_directions_are_scale_invariant(name, scale):
   g = _tree(3)
-  big = jax.tree.map(lambda x: x * scale, g)
   tx = normopt.normalize_per_block(
       weight_dimension_numbers=dims_of, norm=name)
   a, _ = jax.jit(tx.update)(g, tx.init(g))
-  for how in ("argument", "constant"):
-    if how == "argument":
-      b, _ = jax.jit(tx.update)(big, tx.init(g))
-    else:
-      b, _ = jax.jit(lambda s: tx.update(big, s))(tx.init(g))
+  for how, (b, _) in _scaled_steps(tx, g, scale).items():
     for k in SHAPES:
       np.testing.assert_allclose(np.asarray(b[k]), np.asarray(a[k]),
                                  rtol=1e-5, atol=1e-6, err_msg=(k, how))
@@ -84,21 +91,13 @@ def test_directions_are_scale_invariant(name, scale):
 @pytest.mark.parametrize("scale", [1e-30, 1e30])
 @pytest.mark.parametrize("name", NAMES)
 def test_dual_norms_scale_with_the_gradient(name, scale):
-  """The state's dual norms (sign: the ℓ1 norm, from a fast sum rescued
-  only when it is unreliable) are exact at 1e±30 however XLA sees the
-  gradient: a jit argument, a closed-over constant, computed in jit."""
+  """The state's dual norms (sign's ℓ1 norm: one plain sum) are exact at
+  1e±30 however XLA sees the gradient."""
   g = _tree(4)
-  big = jax.tree.map(lambda x: x * scale, g)
   tx = normopt.normalize_per_block(
       weight_dimension_numbers=dims_of, norm=name)
   _, plain = jax.jit(tx.update)(g, tx.init(g))
-  ways = {
-      "argument": lambda: jax.jit(tx.update)(big, tx.init(g)),
-      "constant": lambda: jax.jit(lambda s: tx.update(big, s))(tx.init(g)),
-      "computed": lambda: jax.jit(lambda x, s: tx.update(
-          jax.tree.map(lambda a: a * scale, x), s))(g, tx.init(g))}
-  for how, run in ways.items():
-    _, state = run()
+  for how, (_, state) in _scaled_steps(tx, g, scale).items():
     for k in SHAPES:
       np.testing.assert_allclose(float(state.norms[k]),
                                  float(plain.norms[k]) * scale, rtol=1e-5,
