@@ -170,20 +170,12 @@ def run(variants: list[dict], batch_sizes: Sequence[int],
                     for s in summaries]}), indent=2))
   plot(summaries, fits, target, out / "critical_batch.png")
   (out / "critical_batch.md").write_text(
-      tables(summaries, fits, rules) + "\n\n" + provenance_note() + "\n")
+      tables(summaries, fits, rules) + "\n\n" + _note() + "\n")
   return summaries, fits, rules
 
 
-def provenance_note() -> str:
-  """Which command, when, on what: the line under every written table."""
-  import datetime
-  import sys
-  machine = report.provenance()
-  command = " ".join(["python -m benchmarks.critical_batch", *sys.argv[1:]])
-  return (f"Made by `{command}` on "
-          f"{datetime.date.today()}, {machine['machine']} "
-          f"({machine['device']}), jax {machine['jax']}, optax "
-          f"{machine['optax']}, normopt {machine['normopt']}.")
+def _note() -> str:
+  return report.command_note("benchmarks.critical_batch")
 
 
 def _finite(tree):
@@ -367,16 +359,34 @@ def claim(fits: dict) -> str:
 
 
 def growth_variants(config: dict, methods: Sequence[str],
-                    schemes: Sequence[str] | None = None) -> list[dict]:
+                    schemes: Sequence[str] | None = None,
+                    local: str | Path | None = None) -> list[dict]:
   """One variant per (method, batch scheme) of ``config["growth"]`` (only
   the schemes labelled in ``schemes`` if given); ``config["growth"]
-  ["starts"]`` adds starts for methods without a critical-batch variant."""
+  ["starts"]`` adds starts for methods without a critical-batch variant. A
+  scheme whose ``epoch_batches`` is ``"measured"`` takes each method's
+  warmup from ``local`` (a ``local.json`` of :mod:`benchmarks.branched`)."""
   starts = {v["method"]: v["start"] for v in config["variants"]}
   starts |= config["growth"].get("starts", {})
   chosen = [scheme for scheme in config["growth"]["schemes"]
             if schemes is None or scheme["label"] in schemes]
+  warmups = {}
+  if any(s["settings"].get("epoch_batches") == "measured" for s in chosen):
+    if local is None:
+      raise ValueError("the critical-batch warmup needs --local, the "
+                       "local.json of python -m benchmarks.branched")
+    warmups = {r["method"]: tuple(r["warmup"]) for r in json.loads(
+        Path(local).read_text())["methods"]}
+    missing = sorted(set(methods) - set(warmups))
+    if missing:
+      raise ValueError(f"{local} has no warmup for {', '.join(missing)}")
+
+  def settings(scheme, method):
+    if scheme["settings"].get("epoch_batches") != "measured":
+      return scheme["settings"]
+    return scheme["settings"] | {"epoch_batches": warmups[method]}
   return [{"label": f"{m}: {scheme['label']}", "method": m,
-           "scheme": scheme["label"], "settings": scheme["settings"],
+           "scheme": scheme["label"], "settings": settings(scheme, m),
            "start": {"32": sweep.start_for(starts[m], scheme["start_batch"])}}
           for m in methods for scheme in chosen]
 
@@ -396,8 +406,6 @@ def run_growth(variants: list[dict], protocol: sweep.Protocol, out: Path, *,
         cfg, learning_rates, seeds,
         eval_at=_checkpoints(cfg, examples, checkpoint_ratio))
     _add_steps_to_target(records, target)
-    for r in records:
-      r["optimizer_steps"] = r["checkpoints"][-1]["optimizer_step"]
     return records
 
   summaries = sweep.study(variants, [32], protocol, train_fn)
@@ -414,11 +422,12 @@ def run_growth(variants: list[dict], protocol: sweep.Protocol, out: Path, *,
       "config": config, "epochs": epochs, "target": target,
       "provenance": report.provenance(),
       "verdicts": growth_verdicts(summaries),
+      "warmup_verdicts": growth_verdicts(summaries, "epoch_batches"),
       "seesaw_verdicts": seesaw_verdicts(summaries),
       "summaries": summaries}), indent=2))
   plot_growth(summaries, target, out / "growth.png")
   (out / "growth.md").write_text(
-      growth_table(summaries) + "\n\n" + provenance_note() + "\n")
+      growth_table(summaries) + "\n\n" + _note() + "\n")
   return summaries
 
 
@@ -454,21 +463,27 @@ def seesaw_verdicts(summaries: Sequence[dict]) -> dict[str, str]:
   return verdicts
 
 
-def growth_verdicts(summaries: Sequence[dict]) -> dict[str, str]:
-  """Per method, issue 23's rule: measured growth wins only if its test
+def growth_verdicts(summaries: Sequence[dict],
+                    adaptive: str = "measured_growth") -> dict[str, str]:
+  """Per method, issue 23's rule for the scheme whose settings hold
+  ``adaptive`` (``measured_growth``: :func:`normopt.batch_growth`;
+  ``epoch_batches``: the critical-batch warmup): it wins only if its test
   accuracy is within the larger std of the smallest fixed batch's with at
   least 30% fewer optimizer steps, and it is at least level with the best
   fixed ramp (the ramp chosen on validation accuracy). Schemes are told
-  apart by their settings: no ``micro_batch`` (fixed), ``measured_growth``,
-  or else a ramp; schemes with their own ``schedule`` (Seesaw and its
-  base) are left out here (:func:`seesaw_verdicts`)."""
+  apart by their settings: no ``micro_batch`` (fixed), ``measured_growth``
+  or ``epoch_batches`` (adaptive), or else a ramp; schemes with their own
+  ``schedule`` (Seesaw and its base) are left out here
+  (:func:`seesaw_verdicts`)."""
   verdicts = {}
   for method in dict.fromkeys(s["method"] for s in summaries):
     cells = [s for s in summaries if s["method"] == method
              and not _is_seesaw(s) and "schedule" not in s["settings"]]
     fixed = [s for s in cells if "micro_batch" not in s["settings"]]
-    grown = [s for s in cells if s["settings"].get("measured_growth")]
-    ramps = [s for s in cells if s not in fixed and s not in grown]
+    grown = [s for s in cells if s["settings"].get(adaptive)]
+    ramps = [s for s in cells if s not in fixed
+             and not s["settings"].get("measured_growth")
+             and not s["settings"].get("epoch_batches")]
     if not fixed or not grown or not ramps:
       continue
     small = min(fixed, key=lambda s: s["settings"]["batch_size"])
@@ -479,10 +494,11 @@ def growth_verdicts(summaries: Sequence[dict]) -> dict[str, str]:
     as_accurate = (small["mean"] - grown["mean"]
                    <= max(small["std"], grown["std"]))
     against_ramp = sweep.verdict(sweep.as_tuned(grown), sweep.as_tuned(ramp))
-    facts = (f"measured growth {100 * grown['mean']:.2f} ± "
+    final = (f" (final batch {grown['final_batch']:.0f})"
+             if "final_batch" in grown else "")
+    facts = (f"{grown['scheme']} {100 * grown['mean']:.2f} ± "
              f"{100 * grown['std']:.2f}% in {grown['optimizer_steps']:.0f} "
-             f"steps (final batch {grown['final_batch']:.0f}); "
-             f"{small['scheme']} "
+             f"steps{final}; {small['scheme']} "
              f"{100 * small['mean']:.2f} ± {100 * small['std']:.2f}% in "
              f"{small['optimizer_steps']:.0f} steps ({100 * fewer:.0f}% "
              f"fewer steps); best ramp ({ramp['scheme']}) "
@@ -520,19 +536,60 @@ def plot_growth(summaries: Sequence[dict], target: float, path: Path) -> None:
 
 
 def growth_table(summaries: Sequence[dict]) -> str:
+  """Markdown: per method and scheme, the test accuracy at the chosen
+  learning rate, the optimizer steps (in all and to the target), the
+  seconds per run, the learning rate and its grid, and the tuning runs
+  (every learning rate times every seed); then the verdicts."""
   lines = ["| method | scheme | test accuracy | optimizer steps | steps to "
-           "target | seconds per run | lr |", "|---" * 7 + "|"]
+           "target | seconds per run | lr (grid) | tuning runs |",
+           "|---" * 8 + "|"]
   for s in summaries:
+    grid = s.get("grid") or [s["learning_rate"]]
     lines.append(
         f"| {s['method']} | {s['scheme']} | {100 * s['mean']:.2f} ± "
         f"{100 * s['std']:.2f}% | {s['optimizer_steps']:.0f} | "
         f"{s['test_steps']:.0f} | {s['seconds']:.0f} | "
-        f"{s['learning_rate']:g}{'†' if s['on_edge'] else ''} |")
+        f"{s['learning_rate']:g}{'†' if s['on_edge'] else ''} "
+        f"({min(grid):g}-{max(grid):g}) | {len(s['runs'])} |")
   lines += [""] + [f"- {m}: {v}" for m, v in
                    growth_verdicts(summaries).items()]
+  lines += [f"- {m}, critical-batch warmup: {v}" for m, v in
+            growth_verdicts(summaries, "epoch_batches").items()]
   lines += [f"- {m}, Seesaw: {v}" for m, v in
             seesaw_verdicts(summaries).items()]
   return "\n".join(lines)
+
+
+def merge_growth(paths: Sequence[str | Path], out: Path) -> list[dict]:
+  """One table from several growth runs (each a ``growth.json`` with its
+  ``growth.md`` beside it) made with the same config and protocol: their
+  summaries by method in the order given, the verdicts over all of them,
+  and every run's provenance line. Writes ``growth.md`` to ``out``."""
+  summaries, notes = [], []
+  for path in map(Path, paths):
+    summaries += json.loads(path.read_text())["summaries"]
+    notes += [line for line in (path.parent / "growth.md").read_text()
+              .splitlines() if line.startswith("Made by")]
+  for s in summaries:
+    for key in ("mean", "std", "optimizer_steps", "test_steps", "seconds"):
+      s[key] = math.inf if s.get(key) is None else s[key]
+  methods = list(dict.fromkeys(s["method"] for s in summaries))
+  summaries.sort(key=lambda s: methods.index(s["method"]))
+  out.mkdir(parents=True, exist_ok=True)
+  (out / "growth.md").write_text(
+      growth_table(summaries) + "\n\nMerged by `"
+      + report.command_note("benchmarks.critical_batch").split("`")[1]
+      + "` from:\n\n" + "\n".join(f"- {n}" for n in notes) + "\n")
+  return summaries
+
+
+def _default_schemes(local: str | None) -> list[str] | None:
+  """Every scheme, but the critical-batch warmup only with its ``--local``
+  measurement."""
+  if local is not None:
+    return None
+  return [s["label"] for s in CONFIG["growth"]["schemes"]
+          if s["settings"].get("epoch_batches") != "measured"]
 
 
 def main(argv=None) -> None:
@@ -551,10 +608,19 @@ def main(argv=None) -> None:
   parser.add_argument("--schemes", nargs="+", default=None,
                       help="only these batch schemes (labels) of the growth "
                       "part")
+  parser.add_argument("--local", default=None,
+                      help="local.json of python -m benchmarks.branched: "
+                      "the critical-batch warmup scheme's batches")
+  parser.add_argument("--merge", nargs="+", default=None,
+                      help="no training: one growth table (growth.md in "
+                      "--out) from these growth.json files")
   parser.add_argument("--train_subset", type=int, default=None,
                       help="train on the first N examples only (smoke runs)")
   parser.add_argument("--out", default="runs/critical_batch")
   args = parser.parse_args(argv)
+  if args.merge:
+    print(growth_table(merge_growth(args.merge, Path(args.out))))
+    return
   sizes = CONFIG["full" if args.full else "quick"]
   protocol = large_batch.protocol(args.full, CONFIG)
   methods = args.methods or [v["method"] for v in CONFIG["variants"]]
@@ -575,7 +641,8 @@ def main(argv=None) -> None:
   if args.only != "critical":
     grown = run_growth(
         growth_variants(CONFIG, args.methods or sizes["growth_methods"],
-                        args.schemes),
+                        args.schemes or _default_schemes(args.local),
+                        args.local),
         protocol, out, epochs=args.growth_epochs or sizes["growth_epochs"],
         target=args.target, checkpoint_ratio=CONFIG["checkpoint_ratio"],
         **shared)

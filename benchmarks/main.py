@@ -20,6 +20,10 @@ def parse_config(argv=None) -> tuple[train.Config, str | None]:
     if field.type == "bool":
       parser.add_argument(f"--{field.name}", action="store_true")
       continue
+    if str(field.type).startswith("tuple[int"):  # --epoch_batches 32 64 128
+      parser.add_argument(f"--{field.name}", type=int, nargs="+",
+                          default=field.default)
+      continue
     kind = {"int": int, "float": float, "str": str}.get(
         str(field.type).split(" ")[0], str)
     parser.add_argument(f"--{field.name}", type=kind, default=field.default)
@@ -28,6 +32,8 @@ def parse_config(argv=None) -> tuple[train.Config, str | None]:
                       "the per-epoch orbax checkpoints go")
   args = vars(parser.parse_args(argv))
   workdir = args.pop("workdir")
+  if args["epoch_batches"] is not None:
+    args["epoch_batches"] = tuple(args["epoch_batches"])
   return train.Config(**args), workdir
 
 

@@ -37,6 +37,19 @@ def machine_line() -> str:
   return f"{m['machine']} ({m['device']}, jax {m['jax']}, optax {m['optax']})"
 
 
+def command_note(module: str) -> str:
+  """Which command, when, on what: the line under every written table
+  (``python -m <module>`` with this process's arguments, shell-quoted)."""
+  import datetime
+  import shlex
+  import sys
+  m = provenance()
+  command = shlex.join(["python", "-m", module, *sys.argv[1:]])
+  return (f"Made by `{command}` on {datetime.date.today()}, {m['machine']} "
+          f"({m['device']}), jax {m['jax']}, optax {m['optax']}, normopt "
+          f"{m['normopt']}.")
+
+
 def write_records(records: list[dict], out: Path) -> None:
   out.mkdir(parents=True, exist_ok=True)
   (out / "results.json").write_text(json.dumps(records, indent=2))

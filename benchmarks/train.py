@@ -86,6 +86,11 @@ class Config:
   # multiply the batch (from batch_size, in micro_batch passes, up to
   # max_batch) instead
   batch_schedule: str = "fixed"
+  # A batch per epoch instead (the last repeats; in micro_batch passes), with
+  # the learning rate scaled by (batch / batch_size)^γ as the batch grows
+  # (γ = 1 for momentum SGD, QHM, NSHB, SNAG, else 1/2): the warmup that
+  # benchmarks.branched measures from the local critical batch
+  epoch_batches: tuple[int, ...] | None = None
   resume: bool = False  # continue from the latest checkpoint in the workdir
   stop_after: int | None = None  # stop after this epoch (simulates pre-emption)
 
@@ -229,8 +234,13 @@ def make_schedule(config: Config, plan: Plan) -> optax.Schedule:
     if config.warmup_epochs:
       raise ValueError("warmup_epochs needs a step-keyed schedule (constant, "
                        "cosine or polynomial) and a fixed batch size")
-    return schedules.per_step(_EPOCH_SCHEDULES[config.schedule](config),
-                              plan.epoch_of)
+    rate = _EPOCH_SCHEDULES[config.schedule](config)
+    if config.epoch_batches is not None:
+      exponent = batch_exponent(config.method)
+      base = rate
+      rate = lambda m: base(m) * (  # noqa: E731
+          plan.batch_schedule(m) / config.batch_size) ** exponent
+    return schedules.per_step(rate, plan.epoch_of)
   return _step_schedule(config, plan.steps)
 
 
@@ -253,6 +263,13 @@ def _step_schedule(config: Config, steps_per_epoch: int) -> optax.Schedule:
 _LINEAR_IN_GRADIENT = ("msgd", "qhm", "nshb", "snag")
 
 
+def batch_exponent(method: str) -> float:
+  """γ of the coupling ``learning rate ∝ batch^γ`` for ``method``: 1 where
+  the step is linear in the gradient (the linear scaling rule), 1/2 for the
+  normalized and Adam-like methods (the square-root rule)."""
+  return 1.0 if method in _LINEAR_IN_GRADIENT else 0.5
+
+
 def seesaw(config: Config, plan: Plan) -> normopt.SeesawSchedule:
   """``normopt.seesaw_schedule`` of the step-keyed schedule over the epochs
   at ``batch_size``, in ``micro_batch`` passes up to ``max_batch``."""
@@ -262,7 +279,7 @@ def seesaw(config: Config, plan: Plan) -> normopt.SeesawSchedule:
       micro_batches=config.batch_size // config.micro_batch,
       max_micro_batches=config.max_batch // config.micro_batch,
       factor=int(config.batch_growth) if config.batch_growth > 1 else 2,
-      batch_exponent=1.0 if config.method in _LINEAR_IN_GRADIENT else 0.5)
+      batch_exponent=batch_exponent(config.method))
 
 
 def make_optimizer(config: Config, plan: Plan, learning_rate=None,
@@ -343,11 +360,13 @@ def make_plan(config: Config, n: int) -> Plan:
     used = n // config.batch_size * config.batch_size
     return Plan(used // config.micro_batch, config.micro_batch,
                 lambda count: count * 0, None)
+  if config.epoch_batches is not None and config.micro_batch is None:
+    raise ValueError("epoch_batches needs micro_batch (the batches are "
+                     "accumulated in micro_batch passes)")
   if config.micro_batch is None:
     steps = n // config.batch_size
     return Plan(steps, config.batch_size, lambda count: count // steps, None)
-  batch = schedules.exponential_batch(config.batch_size, config.batch_growth,
-                                      config.growth_interval, config.max_batch)
+  batch = epoch_batch_schedule(config)
   schedules.check_divisible(batch, config.micro_batch, config.epochs)
   largest = max(int(batch(m)) for m in range(config.epochs))
   if largest > n:
@@ -358,6 +377,21 @@ def make_plan(config: Config, n: int) -> Plan:
   used = n // largest * largest
   return Plan(used // config.micro_batch, config.micro_batch,
               schedules.step_to_epoch(used, batch, config.epochs), batch)
+
+
+def epoch_batch_schedule(config: Config) -> Callable[[jax.Array], jax.Array]:
+  """The batch of each epoch: ``config.epoch_batches`` (the last repeating),
+  or the exponential ramp from ``batch_size`` by ``batch_growth`` every
+  ``growth_interval`` epochs up to ``max_batch``."""
+  if config.epoch_batches is None:
+    return schedules.exponential_batch(config.batch_size, config.batch_growth,
+                                       config.growth_interval,
+                                       config.max_batch)
+  table = np.asarray(config.epoch_batches, np.int32)
+  if table.ndim != 1 or not len(table) or table.min() < 1:
+    raise ValueError("epoch_batches must be a non-empty sequence of positive "
+                     f"batch sizes, got {config.epoch_batches}")
+  return lambda m: jnp.asarray(table)[jnp.minimum(m, len(table) - 1)]
 
 
 def train_step(params, opt_state, batch, *, tx, loss_fn,
@@ -655,6 +689,8 @@ def train_population(config: Config, learning_rates, seeds,
                      eval_at: Sequence[int] | None = None,
                      until: Callable[[np.ndarray, dict], bool] | None = None,
                      metric_fn: Callable[[np.ndarray, np.ndarray], dict]
+                     | None = None, start=None,
+                     on_epoch: Callable[[int, object, object], None]
                      | None = None) -> list[dict]:
   """Trains one copy of ``config`` per (learning rate, seed) pair at once.
 
@@ -685,6 +721,13 @@ def train_population(config: Config, learning_rates, seeds,
   ``metric_fn(logits, labels)`` (a dict of numbers, computed on the host,
   e.g. scikit-learn's AUC) adds its keys, prefixed ``validation_`` and
   ``test_``, from each copy's final logits.
+
+  ``start``, a ``(params, opt_state)`` pair stacked over the copies (as
+  ``on_epoch`` receives it, possibly from another batch size: the
+  optimizer's state must have the same structure), replaces the fresh
+  initialization: the copies branch from there. ``on_epoch(e, params,
+  opt_state)`` is called with the stacked state after ``e`` epochs, from
+  ``e = 0`` (before training) on.
 
   Returns:
     One record per copy (learning rates outer, seeds inner), like
@@ -778,6 +821,10 @@ def train_population(config: Config, learning_rates, seeds,
   opt_state = jax.jit(jax.vmap(
       lambda p, peak: make_optimizer(config, plan, peak, template).init(p)))(
           params, peaks)
+  if start is not None:
+    params, opt_state = jax.tree.map(jnp.asarray, start)
+  if on_epoch is not None:
+    on_epoch(0, params, opt_state)
   start = time.perf_counter()
   losses, validation_losses = [], []
   checkpoints: dict[str, list[np.ndarray]] = {}
@@ -792,6 +839,8 @@ def train_population(config: Config, learning_rates, seeds,
     params, opt_state, loss, values = run_epoch(params, opt_state, subkeys,
                                                 peaks, e * steps)
     losses.append(np.asarray(loss))
+    if on_epoch is not None:
+      on_epoch(e + 1, params, opt_state)
     if validation is not None:
       validation_losses.append(np.asarray(values.pop("epoch_validation_loss")))
     if eval_at is None:
@@ -806,6 +855,8 @@ def train_population(config: Config, learning_rates, seeds,
       break
   final = jax.device_get(jax.jit(jax.vmap(functools.partial(
       evaluate, logits=metric_fn is not None)))(params, opt_state))
+  taken = np.asarray(optimizer_steps(opt_state, len(losses) * steps)
+                     ) * np.ones(len(members), int)
   seconds = time.perf_counter() - start
   checkpoints = {k: np.concatenate(v, axis=1) for k, v in checkpoints.items()}
   records = []
@@ -816,6 +867,7 @@ def train_population(config: Config, learning_rates, seeds,
               "final_train_loss": float(losses[-1][i]),
               "seconds": seconds / len(members), "passes_per_epoch": steps,
               "epochs_trained": len(losses),
+              "optimizer_steps": int(taken[i]),
               "history": [{"epoch": e + 1, "train_loss": float(loss[i])}
                           | ({} if validation is None else
                              {"validation_loss": float(

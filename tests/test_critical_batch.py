@@ -5,6 +5,7 @@ parts end to end on a tiny problem, with the population trainer's
 checkpoints and measured growth."""
 
 import itertools
+import json
 import math
 
 import numpy as np
@@ -220,3 +221,33 @@ def test_both_parts_end_to_end(tmp_path):
   table = critical_batch.growth_table(grown)
   assert "one seed, no verdict" in table and "sngm, Seesaw: one seed" in table
   assert (tmp_path / "growth.png").exists()
+
+
+def test_growth_runs_merge_into_one_table_with_every_provenance(tmp_path):
+  def cell(method, scheme, mean, steps, **settings):
+    return {"method": method, "scheme": scheme, "mean": mean, "std": 0.01,
+            "settings": {"batch_size": 32, **settings}, "score": mean,
+            "optimizer_steps": steps, "test_steps": None, "seconds": 5.0,
+            "learning_rate": 0.1, "grid": [0.05, 0.1, 0.2], "on_edge": False,
+            "runs": [{"learning_rate": 0.1, "seed": s} for s in range(3)]}
+  runs = {"old": [cell("sngm", "fixed 32", 0.95, 1000),
+                  cell("sngm", "ramp", 0.96, 400, micro_batch=32)],
+          "new": [cell("muon", "fixed 32", 0.97, 1000),
+                  cell("sngm", "critical-batch warmup", 0.958, 300,
+                       micro_batch=32, epoch_batches=[32, 64])]}
+  for name, summaries in runs.items():
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "growth.json").write_text(
+        json.dumps({"summaries": summaries}))
+    (tmp_path / name / "growth.md").write_text(
+        f"| table |\n\nMade by `python -m x {name}` on a day.\n")
+  merged = critical_batch.merge_growth(
+      [tmp_path / "old" / "growth.json", tmp_path / "new" / "growth.json"],
+      tmp_path / "out")
+  assert [(s["method"], s["scheme"]) for s in merged] == [
+      ("sngm", "fixed 32"), ("sngm", "ramp"),
+      ("sngm", "critical-batch warmup"), ("muon", "fixed 32")]
+  text = (tmp_path / "out" / "growth.md").read_text()
+  assert "python -m x old" in text and "python -m x new" in text
+  assert "- sngm, critical-batch warmup: win" in text
+  assert "| 0.1 (0.05-0.2) | 3 |" in text
