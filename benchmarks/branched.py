@@ -205,8 +205,9 @@ def table(results: Sequence[dict]) -> str:
 
 
 def plot(results: Sequence[dict], path: Path) -> None:
-  """Per method, the local critical batch (each tolerance) and ``B_simple``
-  against the epoch."""
+  """Per method, the local critical batch (each tolerance; a later line
+  hides an equal earlier one) and ``B_simple`` against the epoch, with the
+  largest branch's batch (a critical batch there means "at least")."""
   plt = report._pyplot()
   fig, axes = plt.subplots(1, len(results), figsize=(4 * len(results), 3.5),
                            squeeze=False)
@@ -216,6 +217,8 @@ def plot(results: Sequence[dict], path: Path) -> None:
       ax.step(epochs, batches, where="post", color=f"C{i}",
               label=f"local critical, ε={eps}")
     ax.plot(epochs, r["b_simple"], "k:o", label="B_simple")
+    ax.axhline(max(r["batches"]), color="gray", ls="--", lw=1,
+               label="largest branch")
     ax.set(yscale="log", xlabel="epoch (branch point)", ylabel="batch",
            title=f"{r['method']} (base batch {r['base_batch']})")
     ax.legend(fontsize=7)

@@ -822,10 +822,15 @@ def train_population(config: Config, learning_rates, seeds,
       lambda p, peak: make_optimizer(config, plan, peak, template).init(p)))(
           params, peaks)
   if start is not None:
+    sizes = {jnp.shape(x)[:1] for x in jax.tree.leaves(start)}
+    if sizes != {(len(members),)}:
+      raise ValueError(f"start must stack {len(members)} copies (learning "
+                       f"rates x seeds) on every leaf's first axis, got "
+                       f"{sorted(sizes)}")
     params, opt_state = jax.tree.map(jnp.asarray, start)
   if on_epoch is not None:
     on_epoch(0, params, opt_state)
-  start = time.perf_counter()
+  began = time.perf_counter()
   losses, validation_losses = [], []
   checkpoints: dict[str, list[np.ndarray]] = {}
   reached: list[int] = []
@@ -857,7 +862,7 @@ def train_population(config: Config, learning_rates, seeds,
       evaluate, logits=metric_fn is not None)))(params, opt_state))
   taken = np.asarray(optimizer_steps(opt_state, len(losses) * steps)
                      ) * np.ones(len(members), int)
-  seconds = time.perf_counter() - start
+  seconds = time.perf_counter() - began
   checkpoints = {k: np.concatenate(v, axis=1) for k, v in checkpoints.items()}
   records = []
   for i, (lr, seed) in enumerate(members):

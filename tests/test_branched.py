@@ -59,6 +59,8 @@ def test_population_branches_from_a_given_state():
       [0, 1])
   for a, b in zip(later, first):
     assert a["validation_loss"] < b["validation_loss"]
+  with pytest.raises(ValueError, match="start must stack 3 copies"):
+    train.train_population(config, [0.1], [0, 1, 2], start=states[0][1])
 
 
 @pytest.mark.parametrize("method,exponent", [("msgd", 1.0), ("sngm", 0.5)])
