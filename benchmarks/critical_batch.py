@@ -31,7 +31,9 @@ the final validation accuracy, judged by issue 23's rule
 (:func:`growth_verdicts`). Seesaw (:func:`normopt.seesaw_schedule`) turns
 a cosine schedule's halvings into batch doublings; it is judged against its
 base, the fixed small batch with the same cosine
-(:func:`seesaw_verdicts`).
+(:func:`seesaw_verdicts`). The critical-batch warmup trains the batch per
+epoch that :mod:`benchmarks.branched` measured (``--local``) and is judged
+by the rule of measured growth.
 
     python -m benchmarks.critical_batch          # 1 seed, batch 32/256/2048,
                                                  # SNGM's growth schemes
@@ -40,6 +42,10 @@ base, the fixed small batch with the same cosine
     python -m benchmarks.critical_batch --only growth --methods sngm
     python -m benchmarks.critical_batch --full --only growth \
         --methods msgd sngm lars muon --schemes "fixed 32, cosine" seesaw
+    python -m benchmarks.critical_batch --full --only growth \
+        --methods msgd sngm lars muon --schemes "critical-batch warmup" \
+        --local runs/local_critical_batch/local.json
+    python -m benchmarks.critical_batch --merge A/growth.json B/growth.json
 
 Writes ``results.json`` (one record per run, with its checkpoints),
 ``summary.json`` (the tuned cells, the fits, provenance),
