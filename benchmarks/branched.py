@@ -113,8 +113,7 @@ def measure(method: str, learning_rate: float, seeds: Sequence[int],
   start = time.perf_counter()
   fields = config | {"method": method, "schedule": "constant"}
   base = train.Config(**fields, batch_size=base_batch, epochs=epochs - 1)
-  examples = len(train.load_data(base)[0].y_train)
-  passes = train.make_plan(base, examples).steps
+  passes = train.make_plan(base, train.training_examples(base)).steps
   snapshots = []
   records = train.train_population(
       base, [learning_rate], seeds,

@@ -85,11 +85,6 @@ def steps_to(checkpoints: Sequence[dict], key: str, target: float) -> float:
               math.inf)
 
 
-def _training_examples(config: dict) -> int:
-  """How many examples the shared config trains on (validation held out)."""
-  return len(train.load_data(train.Config(**config))[0].y_train)
-
-
 def _checkpoints(cfg: train.Config, examples: int, ratio: float) -> list[int]:
   """:func:`checkpoint_steps` over every pass of a run of ``cfg``."""
   return checkpoint_steps(train.make_plan(cfg, examples).steps * cfg.epochs,
@@ -137,7 +132,7 @@ def run(variants: list[dict], batch_sizes: Sequence[int],
   :class:`benchmarks.train.Config` fields. Writes and returns the
   summaries (each also with ``b_simple``, the noise scale at the target),
   the fits and the learning-rate exponents by method."""
-  examples = _training_examples(config)
+  examples = train.training_examples(train.Config(**config))
   best: dict = {}
 
   def train_fn(*, learning_rates, seeds, method, batch_size, **fields):
@@ -404,7 +399,7 @@ def run_growth(variants: list[dict], protocol: sweep.Protocol, out: Path, *,
   constant learning rate tuned on the final validation accuracy; records
   the optimizer steps to ``target`` and in all. Writes ``growth.json`` and
   ``growth.png`` to ``out`` and returns the summaries."""
-  examples = _training_examples(config)
+  examples = train.training_examples(train.Config(**config))
 
   def train_fn(*, learning_rates, seeds, **fields):
     cfg = train.Config(**(config | fields), epochs=epochs)

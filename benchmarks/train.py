@@ -235,12 +235,12 @@ def make_schedule(config: Config, plan: Plan) -> optax.Schedule:
       raise ValueError("warmup_epochs needs a step-keyed schedule (constant, "
                        "cosine or polynomial) and a fixed batch size")
     rate = _EPOCH_SCHEDULES[config.schedule](config)
-    if config.epoch_batches is not None:
-      exponent = batch_exponent(config.method)
-      base = rate
-      rate = lambda m: base(m) * (  # noqa: E731
-          plan.batch_schedule(m) / config.batch_size) ** exponent
-    return schedules.per_step(rate, plan.epoch_of)
+    if config.epoch_batches is None:
+      return schedules.per_step(rate, plan.epoch_of)
+    exponent = batch_exponent(config.method)
+    return schedules.per_step(lambda m: rate(m) * (
+        plan.batch_schedule(m) / config.batch_size) ** exponent,
+        plan.epoch_of)
   return _step_schedule(config, plan.steps)
 
 
@@ -467,6 +467,11 @@ def _fsdp_sharding(mesh, shape) -> NamedSharding:
     if size % n == 0:
       return NamedSharding(mesh, PartitionSpec(*[None] * axis, "data"))
   return NamedSharding(mesh, PartitionSpec())
+
+
+def training_examples(config: Config) -> int:
+  """How many examples ``config`` trains on (validation held out)."""
+  return len(load_data(config)[0].y_train)
 
 
 def load_data(config: Config):
@@ -750,9 +755,6 @@ def train_population(config: Config, learning_rates, seeds,
   template = models.make(config.model, *shapes, 0)
   graphdef, _ = nnx.split(template)
   probed = getattr(template, "supports_probes", False)
-  params = jax.tree.map(lambda *xs: jnp.stack(xs), *[
-      nnx.split(models.make(config.model, *shapes, seed))[1]
-      for _, seed in members])
   peaks = jnp.asarray([lr for lr, _ in members], jnp.float32)
   keys = jnp.stack([jax.random.PRNGKey(seed) for _, seed in members])
 
@@ -818,10 +820,14 @@ def train_population(config: Config, learning_rates, seeds,
     return params, opt_state, jnp.mean(losses), values
 
   run_epoch = jax.jit(jax.vmap(epoch, in_axes=(0, 0, 0, 0, None)))
-  opt_state = jax.jit(jax.vmap(
-      lambda p, peak: make_optimizer(config, plan, peak, template).init(p)))(
-          params, peaks)
-  if start is not None:
+  if start is None:
+    params = jax.tree.map(lambda *xs: jnp.stack(xs), *[
+        nnx.split(models.make(config.model, *shapes, seed))[1]
+        for _, seed in members])
+    opt_state = jax.jit(jax.vmap(
+        lambda p, peak: make_optimizer(config, plan, peak, template).init(p)
+    ))(params, peaks)
+  else:  # branch from a given state: no fresh initialization to discard
     sizes = {jnp.shape(x)[:1] for x in jax.tree.leaves(start)}
     if sizes != {(len(members),)}:
       raise ValueError(f"start must stack {len(members)} copies (learning "

@@ -129,7 +129,7 @@ def test_measurement_and_its_warmup_end_to_end(tmp_path):
   grown = critical_batch.run_growth(variants, protocol, tmp_path, epochs=3,
                                     target=0.6, checkpoint_ratio=1.3, **_TINY)
   fixed, warm = grown
-  n = len(train.load_data(train.Config(**_TINY))[0].y_train)
+  n = train.training_examples(train.Config(**_TINY))
   largest = max(result["warmup"])
   assert fixed["optimizer_steps"] == 3 * (n // 16)
   assert warm["optimizer_steps"] == sum(
@@ -145,5 +145,5 @@ def test_the_training_example_takes_epoch_batches_from_flags():
   assert config.epoch_batches == (16, 32)
   result = train.train_and_evaluate(config)
   assert result["test_accuracy"] > 0.5
-  n = len(train.load_data(config)[0].y_train)
+  n = train.training_examples(config)
   assert result["passes_per_epoch"] == n // 32 * 32 // 16

@@ -177,6 +177,23 @@ def from_matrices(m: jax.Array, shape: Sequence[int],
                        np.argsort(order))
 
 
+def _matrix_view(x: jax.Array, dims: MuonDimensionNumbers | None):
+  """``(m, axes, spec)``: leaf ``x`` gathered whole (:func:`_replicated`)
+  as its stack of matrices in the accumulation dtype, its matrix axes, and
+  the spec to shard the result back with (None: not sharded)."""
+  axes = matrix_axes(x.shape, dims)
+  whole, spec = _replicated(x)
+  m = to_matrices(whole.astype(numerics.accumulation_dtype(x.dtype)), axes)
+  return m, axes, spec
+
+
+def _leaf_from_view(m: jax.Array, x: jax.Array, axes: MatrixAxes, spec):
+  """The inverse of :func:`_matrix_view`: matrices ``m`` back in the shape,
+  dtype and sharding of leaf ``x``."""
+  out = from_matrices(m, x.shape, axes).astype(x.dtype)
+  return out if spec is None else jax.sharding.reshard(out, spec)
+
+
 def _pow2_scaled(x: jax.Array, axis=None):
   """``(x 2^-e, e)`` with ``2^e`` the power of two of ``max |x|`` (over
   ``axis``, keepdims; over everything for None)."""
@@ -310,27 +327,20 @@ def spectral_directions(leaves: Sequence[jax.Array],
     its leaf's dtype and sharding, each dual norm (summed over the leaf's
     batch axes) a scalar in the accumulation dtype.
   """
-  views = []
-  for x, d in zip(leaves, dims):
-    axes = matrix_axes(x.shape, d)
-    whole, spec = _replicated(x)
-    views.append((axes, spec, to_matrices(
-        whole.astype(numerics.accumulation_dtype(x.dtype)), axes)))
+  views = [_matrix_view(x, d) for x, d in zip(leaves, dims)]
   same_shape: dict[tuple, list[int]] = {}
-  for i, (_, _, m) in enumerate(views):
+  for i, (m, _, _) in enumerate(views):
     small = m.shape[1] * m.shape[2] <= BATCH_MAX_ELEMENTS
     same_shape.setdefault((m.shape[1:], m.dtype) if small else i, []).append(i)
   out, duals = [None] * len(leaves), [None] * len(leaves)
   for members in same_shape.values():
     polar, inner = orthogonalize(
-        jnp.concatenate([views[i][2] for i in members]), eps, spectral)
+        jnp.concatenate([views[i][0] for i in members]), eps, spectral)
     start = 0
     for i in members:
-      axes, spec, m = views[i]
+      m, axes, spec = views[i]
       stop = start + m.shape[0]
-      x = from_matrices(polar[start:stop], leaves[i].shape, axes)
-      x = x.astype(leaves[i].dtype)
-      out[i] = x if spec is None else jax.sharding.reshard(x, spec)
+      out[i] = _leaf_from_view(polar[start:stop], leaves[i], axes, spec)
       duals[i] = jnp.sum(inner[start:stop])
       start = stop
   return out, duals
@@ -382,14 +392,9 @@ def direction(name: str, leaves: list[jax.Array], norm: jax.Array | None,
   if name not in ("col", "row"):
     raise ValueError(f"unknown norm {name!r}; choose one of {', '.join(NORMS)}")
   (x,) = leaves
-  axes = matrix_axes(x.shape, dims)
-  whole, spec = _replicated(x)
-  m = to_matrices(whole.astype(numerics.accumulation_dtype(x.dtype)), axes)
+  m, axes, spec = _matrix_view(x, dims)
   out, dual = _unit_lines(m, axis=-2 if name == "col" else -1)
-  out = from_matrices(out, x.shape, axes).astype(x.dtype)
-  if spec is not None:
-    out = jax.sharding.reshard(out, spec)
-  return [out], dual.astype(dtype)
+  return [_leaf_from_view(out, x, axes, spec)], dual.astype(dtype)
 
 
 def shape_factor(shape: Sequence[int], dims: MuonDimensionNumbers | None,
